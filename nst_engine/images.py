@@ -1,0 +1,282 @@
+"""Image files and arrays in and out, without losing precision, alpha or colour profile.
+
+Pixels travel as float32 ``H×W×3`` RGB in [0, 1] (non-linear, as stored); alpha
+rides alongside in its original dtype and is written back untouched.
+Pillow reads and writes 8-bit files; it cannot hold 16 bits per channel for RGB,
+so 16-bit PNG goes through pypng and 16-bit/float TIFF through tifffile
+(``docs/design.md`` says why those two).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import png
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from .errors import bad_input
+from .files import atomic_path
+
+MIN_SIDE = 16
+OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, for non-linear RGB
+
+
+@dataclass
+class Picture:
+    rgb: np.ndarray  # H×W×3 float32 in [0, 1]; grayscale is replicated into 3 channels
+    alpha: np.ndarray | None = None  # H×W in the source's dtype, passed through bit-exact
+    gray: bool = False
+    bits: int = 8  # precision to write back: 8, 16 or 32 (float)
+    icc: bytes | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)``."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ LUMA
+
+
+def keep_colors(stylised: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The stylised luminance with the content's chroma (Y'CbCr chroma kept exactly)."""
+    shift = luminance(stylised) - luminance(content)
+    return np.clip(content + shift[..., None], 0.0, 1.0)
+
+
+def _from_channels(data: np.ndarray, scale: float, bits: int) -> Picture:
+    """Builds a Picture from an ``H×W×C`` array (C = 1, 2, 3 or 4) of raw values."""
+    if data.ndim == 2:
+        data = data[..., None]
+    channels = data.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise bad_input(f"images with {channels} channels are not supported")
+    color = data[..., : 1 if channels <= 2 else 3].astype(np.float32) / scale
+    alpha = data[..., -1].copy() if channels in (2, 4) else None
+    if channels <= 2:
+        color = np.repeat(color, 3, axis=2)
+    return Picture(np.clip(color, 0.0, 1.0), alpha, channels <= 2, bits)
+
+
+def _check_size(picture: Picture, what: str) -> Picture:
+    width, height = picture.size
+    if min(width, height) < MIN_SIDE:
+        raise bad_input(
+            f"{what} is {width}×{height} pixels; at least {MIN_SIDE}×{MIN_SIDE} is needed"
+        )
+    return picture
+
+
+def _orient(data: np.ndarray, orientation: int) -> np.ndarray:
+    """Applies an EXIF orientation (1–8) to an ``H×W×C`` array."""
+    ops = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 1)[::-1], 8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](data)) if orientation in ops else data
+
+
+def _read_png16(path: Path) -> Picture:
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    channels = info["planes"]
+    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    return _from_channels(data.reshape(height, width, channels), 65535.0, 16)
+
+
+def _read_tiff_deep(path: Path) -> Picture:
+    try:
+        data = tifffile.imread(path, key=0)
+    except Exception as exc:  # e.g. a compression that needs imagecodecs
+        raise bad_input(f"cannot read the 16/32-bit TIFF {path.name}: {exc}") from None
+    if data.dtype == np.uint16:
+        return _from_channels(data, 65535.0, 16)
+    if data.dtype.kind == "f":
+        return _from_channels(data.astype(np.float32), 1.0, 32)
+    raise bad_input(f"TIFF sample type {data.dtype} is not supported")
+
+
+def _from_pillow(image: Image.Image) -> Picture:
+    mode = image.mode
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+    elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        return _from_channels(np.asarray(image, dtype=np.float64).clip(0, 65535), 65535.0, 16)
+    elif mode == "F":
+        return _from_channels(np.asarray(image, dtype=np.float32), 1.0, 32)
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode == "La":
+        image = image.convert("LA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in mode else "RGB")  # CMYK, YCbCr, LAB, …
+    return _from_channels(np.asarray(image), 255.0, 8)
+
+
+def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
+    """Reads PNG, JPEG, TIFF or WebP (first frame), EXIF orientation applied, ICC kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise bad_input(f"{what} not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.seek(0)
+                icc = image.info.get("icc_profile")
+                orientation = image.getexif().get(0x0112, 1)
+                deep = _is_deep(image, path)
+                if deep == "png":
+                    picture = _read_png16(path)
+                elif deep == "tiff":
+                    picture = _read_tiff_deep(path)
+                else:
+                    image.load()
+                    picture = _from_pillow(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise bad_input(
+            f"{what} {path.name} is larger than the {Image.MAX_IMAGE_PIXELS:,}-pixel safety "
+            "limit (possible decompression bomb)"
+        ) from None
+    except UnidentifiedImageError:
+        raise bad_input(f"{what} {path.name} is not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise bad_input(f"cannot read {what} {path.name}: {exc}") from None
+    picture.rgb = _orient(picture.rgb, orientation)
+    if picture.alpha is not None:
+        picture.alpha = _orient(picture.alpha[..., None], orientation)[..., 0]
+    picture.icc = icc
+    return _check_size(picture, f"{what} {path.name}")
+
+
+def _is_deep(image: Image.Image, path: Path) -> str | None:
+    """'png' / 'tiff' when the file holds more than 8 bits per channel in colour."""
+    if image.format == "PNG":
+        with open(path, "rb") as handle:
+            header = handle.read(26)
+        return "png" if len(header) == 26 and header[24] == 16 else None
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258, (8,))
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        return "tiff" if bits > 8 else None
+    return None
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fails early, before any work, if the output cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise bad_input(
+            f"unsupported output type {path.suffix or '(none)'}; use .png, .tif, .tiff or .jpg"
+        )
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise bad_input(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise bad_input(f"output folder is not writable: {folder}")
+    if path.is_dir():
+        raise bad_input(f"output path is a folder: {path}")
+    return path
+
+
+def _channels_for_output(picture: Picture, bits: int) -> np.ndarray:
+    color = picture.rgb[..., :1] if picture.gray else picture.rgb
+    if bits == 32:
+        color = color.astype(np.float32)
+    else:
+        top = 65535 if bits == 16 else 255
+        color = np.round(np.clip(color, 0.0, 1.0) * top).astype(_dtype_for(bits))
+    if picture.alpha is not None:
+        color = np.concatenate([color, picture.alpha.astype(color.dtype)[..., None]], axis=2)
+    return color[..., 0] if color.shape[2] == 1 else color
+
+
+def _write_png16(data: np.ndarray, target: str, icc: bytes | None) -> None:
+    height, width = data.shape[:2]
+    planes = 1 if data.ndim == 2 else data.shape[2]
+    writer = png.Writer(width, height, bitdepth=16, greyscale=planes <= 2, alpha=planes in (2, 4))
+    with open(target, "wb") as handle:
+        writer.write(handle, data.reshape(height, width * planes))
+    if icc:
+        chunks = list(png.Reader(filename=target).chunks())
+        iccp = b"ICC Profile\0\0" + zlib.compress(icc)
+        chunks.insert(1, (b"iCCP", iccp))  # right after IHDR, before IDAT
+        with open(target, "wb") as handle:
+            png.write_chunks(handle, chunks)
+
+
+def save_picture(picture: Picture, path: str | os.PathLike) -> None:
+    """Writes atomically: a partial file never appears under ``path``."""
+    path = check_output_path(path)
+    kind = OUTPUT_FORMATS[path.suffix.lower()]
+    bits = picture.bits
+    if kind == "JPEG" and (bits > 8 or picture.alpha is not None):
+        warnings.warn(
+            f"JPEG holds 8 bits and no alpha: writing {path.name} drops "
+            f"{'the extra precision' if bits > 8 else ''}"
+            f"{' and ' if bits > 8 and picture.alpha is not None else ''}"
+            f"{'the alpha channel' if picture.alpha is not None else ''}; use .png or .tif",
+            stacklevel=2,
+        )
+        picture = replace(picture, alpha=None)
+        bits = 8
+    if kind == "PNG" and bits == 32:
+        bits = 16  # PNG has no float samples; 16 bits keep far more than 256 levels
+    if picture.alpha is not None and picture.alpha.dtype != _dtype_for(bits):
+        picture = replace(picture, alpha=_convert_alpha(picture.alpha, bits))
+    data = _channels_for_output(picture, bits)
+    try:
+        with atomic_path(path) as tmp:
+            if kind == "TIFF" and bits > 8:
+                photometric = "minisblack" if picture.gray else "rgb"
+                extra = ["unassalpha"] if picture.alpha is not None else None
+                tifffile.imwrite(
+                    tmp, data, photometric=photometric, extrasamples=extra,
+                    compression="zlib", iccprofile=picture.icc,
+                )
+            elif kind == "PNG" and bits == 16:
+                _write_png16(data, tmp, picture.icc)
+            else:
+                options = {"icc_profile": picture.icc} if picture.icc else {}
+                if kind == "JPEG":
+                    options["quality"] = 95
+                Image.fromarray(data).save(tmp, format=kind, **options)
+    except OSError as exc:
+        raise bad_input(f"cannot write {path}: {exc}") from None
+
+
+def _dtype_for(bits: int) -> np.dtype:
+    return np.dtype({8: np.uint8, 16: np.uint16, 32: np.float32}[bits])
+
+
+def _convert_alpha(alpha: np.ndarray, bits: int) -> np.ndarray:
+    """Re-scales alpha only when the output format cannot hold its dtype."""
+    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(alpha.dtype, 1.0)
+    unit = alpha.astype(np.float64) / top
+    if bits == 32:
+        return unit.astype(np.float32)
+    scale = 65535 if bits == 16 else 255
+    return np.round(np.clip(unit, 0, 1) * scale).astype(_dtype_for(bits))
+
+
+def picture_from_array(data: np.ndarray) -> Picture:
+    """The protocol's input: float32 ``H×W×C`` (C = 1 Y, 2 YA, 3 RGB, 4 RGBA) in [0, 1]."""
+    if data.dtype != np.float32 or data.ndim != 3:
+        raise bad_input(f"expected a float32 H×W×C array, got {data.dtype} {data.shape}")
+    if not np.isfinite(data).all():
+        raise bad_input("the input array contains NaN or infinite values")
+    return _check_size(_from_channels(data, 1.0, 32), "layer")
+
+
+def picture_to_array(picture: Picture) -> np.ndarray:
+    """Inverse of :func:`picture_from_array`; alpha is returned bit-exact."""
+    return np.ascontiguousarray(_channels_for_output(picture, 32).reshape(
+        picture.rgb.shape[0], picture.rgb.shape[1], -1))

@@ -1,0 +1,109 @@
+"""The objective: content, Gram style and total-variation losses, composed.
+
+All terms are made dimensionless so that one set of weights works at any image
+size and for any weight family; the exact formulas are in ``docs/losses.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+EPS = 1e-8
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Channel correlations ``G[k, k'] = sum_p F[k, p] F[k', p] / P`` in fp32.
+
+    ``features`` is ``1×C×H×W``; dividing by the number of positions ``P = H·W``
+    makes Grams of images of different sizes comparable. Computed in fp32 even
+    under autocast: fp16 Gram entries overflow.
+    """
+    _, channels, height, width = features.shape
+    flat = features.reshape(channels, height * width).float()
+    return (flat @ flat.T) / (height * width)
+
+
+class ContentLoss(nn.Module):
+    """``sum (F - P)^2 / sum P^2``: squared feature error relative to the photo's energy."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        target = target.detach().float()
+        self.register_buffer("target", target)
+        self.scale = 1.0 / (target.pow(2).sum().item() + EPS)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.float() - self.target).pow(2).sum() * self.scale
+
+
+class StyleLoss(nn.Module):
+    """``sum (G - A)^2 / sum A^2`` for one layer, ``A`` the style's (blended) Gram matrix."""
+
+    def __init__(self, target_gram: torch.Tensor) -> None:
+        super().__init__()
+        target_gram = target_gram.detach().float()
+        self.register_buffer("target", target_gram)
+        self.scale = 1.0 / (target_gram.pow(2).sum().item() + EPS)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (gram_matrix(features) - self.target).pow(2).sum() * self.scale
+
+
+class TVLoss(nn.Module):
+    """Mean squared difference between neighbouring pixels (RGB in [0, 1])."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        dx = image[..., :, 1:] - image[..., :, :-1]
+        dy = image[..., 1:, :] - image[..., :-1, :]
+        return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+def blended_grams(
+    style_features: Sequence[Mapping[str, torch.Tensor]], blend: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """Weighted mean of several style images' Gram matrices, per layer."""
+    total = float(sum(blend))
+    layers = style_features[0].keys()
+    return {
+        name: sum(w / total * gram_matrix(f[name]) for w, f in zip(blend, style_features))
+        for name in layers
+    }
+
+
+class Objective(nn.Module):
+    """``alpha·content + beta·mean_l(style_l) + tv_weight·tv`` for one image size."""
+
+    def __init__(
+        self,
+        content_targets: Mapping[str, torch.Tensor],
+        style_grams: Mapping[str, torch.Tensor],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+    ) -> None:
+        super().__init__()
+        self.content = nn.ModuleDict({k: ContentLoss(v) for k, v in content_targets.items()})
+        self.style = nn.ModuleDict({k: StyleLoss(v) for k, v in style_grams.items()})
+        self.tv = TVLoss()
+        self.content_weight = content_weight
+        self.style_weight = style_weight
+        self.tv_weight = tv_weight
+
+    def forward(
+        self, image: torch.Tensor, features: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Returns the total (for backward) and its weighted parts (for reports)."""
+        content = sum(loss(features[name]) for name, loss in self.content.items())
+        style = sum(loss(features[name]) for name, loss in self.style.items()) / len(self.style)
+        parts = {
+            "content": self.content_weight * content,
+            "style": self.style_weight * style,
+        }
+        if self.tv_weight:
+            parts["tv"] = self.tv_weight * self.tv(image)
+        total = sum(parts.values())
+        values = torch.stack(list(parts.values())).detach().tolist()  # one device sync
+        return total, dict(zip(parts, values))

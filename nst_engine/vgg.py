@@ -1,0 +1,109 @@
+"""VGG19 feature extractor with layers addressed by name (``conv1_1`` … ``relu5_4``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torchvision.models import vgg19
+
+# Channels per block of VGG19's convolutional part.
+_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
+
+
+def _layer_names() -> list[str]:
+    names = []
+    for block, (_, convs) in enumerate(_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+        names.append(f"pool{block}")
+    return names
+
+
+LAYER_NAMES: list[str] = _layer_names()
+
+# Expected parameter shapes, keyed like torchvision's ``vgg19().features`` state dict.
+FEATURE_SHAPES: dict[str, tuple[int, ...]] = {}
+_in = 3
+for _index, _name in enumerate(LAYER_NAMES):
+    if _name.startswith("conv"):
+        _out = _BLOCKS[int(_name[4]) - 1][0]
+        FEATURE_SHAPES[f"{_index}.weight"] = (_out, _in, 3, 3)
+        FEATURE_SHAPES[f"{_index}.bias"] = (_out,)
+        _in = _out
+
+# Input normalisation per weight family. "original" is Simonyan & Zisserman's
+# Caffe VGG19: BGR, 0-255, mean pixel subtracted. "torchvision" is ImageNet mean/std.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """Maps RGB in [0, 1] to the input the weights were trained on."""
+
+    def __init__(self, family: str) -> None:
+        super().__init__()
+        if family == "original":
+            scale = torch.full((3,), 255.0)
+            shift = torch.tensor(CAFFE_MEAN_BGR)
+            self.bgr = True
+        elif family in ("torchvision", "random"):
+            scale = 1.0 / torch.tensor(IMAGENET_STD)
+            shift = torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+            self.bgr = False
+        else:
+            raise ValueError(f"unknown weight family {family!r}")
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+        self.register_buffer("shift", shift.view(1, 3, 1, 1))
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        x = rgb.flip(1) if self.bgr else rgb
+        return x * self.scale - self.shift
+
+
+class VGGFeatures(nn.Module):
+    """Runs VGG19 up to the deepest requested layer and returns those activations.
+
+    The network is truncated after the last layer in use, frozen and in eval mode.
+    """
+
+    def __init__(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        family: str,
+        layers: Iterable[str],
+        pooling: str = "max",
+    ) -> None:
+        super().__init__()
+        self.layers = list(dict.fromkeys(layers))
+        unknown = [name for name in self.layers if name not in LAYER_NAMES]
+        if unknown:
+            raise ValueError(f"unknown VGG19 layer(s): {', '.join(unknown)}")
+        if pooling not in ("max", "avg"):
+            raise ValueError("pooling must be 'max' or 'avg'")
+        depth = max(LAYER_NAMES.index(name) for name in self.layers) + 1
+        features = vgg19(weights=None).features
+        features.load_state_dict(state_dict)
+        modules = list(features.children())[:depth]
+        for index, module in enumerate(modules):
+            if isinstance(module, nn.MaxPool2d) and pooling == "avg":
+                modules[index] = nn.AvgPool2d(kernel_size=2, stride=2)
+            # An in-place ReLU would overwrite a conv output we return.
+            if isinstance(module, nn.ReLU):
+                module.inplace = LAYER_NAMES[index - 1] not in self.layers
+        self.names = LAYER_NAMES[:depth]
+        self.body = nn.Sequential(*modules)
+        self.normalize = Normalize(family)
+        self.eval().requires_grad_(False)
+
+    def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.normalize(rgb)
+        wanted = set(self.layers)
+        out = {}
+        for name, module in zip(self.names, self.body):
+            x = module(x)
+            if name in wanted:
+                out[name] = x
+        return out
