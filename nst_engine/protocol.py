@@ -46,17 +46,18 @@ def watch_stdin(cancel: threading.Event, exit_code: int) -> None:
     run has not ended a grace period later, the process exits on its own.
     """
     try:
-        mode = os.fstat(sys.stdin.fileno()).st_mode
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
     except (OSError, ValueError, AttributeError):
         return
     if not stat.S_ISFIFO(mode):
         return
 
     def wait_for_eof() -> None:
-        try:
-            while sys.stdin.buffer.read(65536):
+        try:  # raw reads: a buffered reader's lock would block interpreter shutdown
+            while os.read(fd, 65536):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         cancel.set()
         threading.Timer(PARENT_GONE_GRACE_S, os._exit, args=(exit_code,)).start()

@@ -183,7 +183,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    return tensor.contiguous().to(device)
 
 
 def to_array(image: torch.Tensor) -> np.ndarray:

