@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torchvision.models import vgg19
+from torchvision.models.vgg import cfgs, make_layers
 
 # Channels per block of VGG19's convolutional part.
 _BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -38,6 +38,11 @@ for _index, _name in enumerate(LAYER_NAMES):
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_features() -> nn.Sequential:
+    """torchvision's VGG19 ``features`` (same modules and indices), without the classifier."""
+    return make_layers(cfgs["E"], batch_norm=False)
 
 
 class Normalize(nn.Module):
@@ -84,7 +89,7 @@ class VGGFeatures(nn.Module):
         if pooling not in ("max", "avg"):
             raise ValueError("pooling must be 'max' or 'avg'")
         depth = max(LAYER_NAMES.index(name) for name in self.layers) + 1
-        features = vgg19(weights=None).features
+        features = build_features()
         features.load_state_dict(state_dict)
         modules = list(features.children())[:depth]
         for index, module in enumerate(modules):

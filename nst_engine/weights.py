@@ -258,14 +258,18 @@ def status() -> list[WeightsStatus]:
 
 def random_features(seed: int = 0) -> dict[str, torch.Tensor]:
     """A seeded, randomly initialised VGG19 (torchvision's init) for fast tests only."""
-    from torchvision.models import vgg19
-
     warnings.warn(
         "using RANDOM VGG19 weights: results are not artistic (for tests only)", stacklevel=2
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return vgg19(weights=None).features.state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    features = {}
+    for key, shape in FEATURE_SHAPES.items():
+        if key.endswith("bias"):
+            features[key] = torch.zeros(shape)
+        else:  # kaiming normal, fan_out, as torchvision initialises VGG
+            std = (2.0 / (shape[0] * shape[2] * shape[3])) ** 0.5
+            features[key] = torch.randn(shape, generator=generator) * std
+    return features
 
 
 def load(spec: str | None = None) -> tuple[dict[str, torch.Tensor], str]:

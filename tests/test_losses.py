@@ -1,0 +1,57 @@
+import torch
+
+from nst_engine.losses import ContentLoss, Objective, StyleLoss, TVLoss, blended_grams, gram_matrix
+
+
+def test_gram_matrix_by_hand():
+    # Two channels over four positions: F = [[1, 2, 0, 1], [0, 1, 1, 2]]
+    features = torch.tensor([[1.0, 2, 0, 1], [0, 1, 1, 2]]).reshape(1, 2, 2, 2)
+    gram = gram_matrix(features)
+    expected = torch.tensor([[1 + 4 + 0 + 1, 0 + 2 + 0 + 2], [4, 0 + 1 + 1 + 4]]) / 4
+    assert torch.allclose(gram, expected)
+
+
+def test_gram_is_fp32_even_for_half_input():
+    features = torch.full((1, 4, 64, 64), 300.0, dtype=torch.float16)
+    gram = gram_matrix(features)
+    assert gram.dtype == torch.float32
+    assert torch.isfinite(gram).all() and torch.allclose(gram, torch.full((4, 4), 90000.0))
+
+
+def test_content_loss_is_squared_error_relative_to_target_energy():
+    target = torch.tensor([1.0, 2.0, 2.0, 0.0]).reshape(1, 1, 2, 2)
+    current = torch.tensor([1.0, 0.0, 2.0, 1.0]).reshape(1, 1, 2, 2)
+    # sum (F-P)^2 = 4 + 1 = 5; sum P^2 = 9
+    assert abs(ContentLoss(target)(current).item() - 5 / 9) < 1e-6
+    assert ContentLoss(target)(target).item() == 0
+
+
+def test_style_loss_by_hand():
+    style = torch.tensor([[1.0, 1], [0, 0]]).reshape(1, 2, 1, 2)  # A = [[1, 0], [0, 0]]
+    current = torch.tensor([[1.0, 1], [1, 1]]).reshape(1, 2, 1, 2)  # G = [[1, 1], [1, 1]]
+    loss = StyleLoss(gram_matrix(style))(current)
+    assert abs(loss.item() - 3.0) < 1e-6  # sum (G-A)^2 = 3, sum A^2 = 1
+
+
+def test_tv_loss_by_hand():
+    image = torch.tensor([[0.0, 1.0], [0.0, 0.0]]).reshape(1, 1, 2, 2)
+    # horizontal diffs: 1, 0 -> mean 0.5; vertical: 0, -1 -> mean 0.5
+    assert abs(TVLoss()(image).item() - 1.0) < 1e-6
+
+
+def test_blended_grams_weighted_mean():
+    a = {"x": torch.ones(1, 1, 2, 2)}
+    b = {"x": torch.full((1, 1, 2, 2), 2.0)}
+    grams = blended_grams([a, b], [3, 1])
+    assert torch.allclose(grams["x"], torch.tensor([[0.75 * 1 + 0.25 * 4]]))
+
+
+def test_objective_combines_weighted_parts():
+    content = {"c": torch.ones(1, 1, 2, 2)}
+    style = {"s": torch.eye(1)}
+    objective = Objective(content, style, content_weight=2.0, style_weight=5.0, tv_weight=0.5)
+    image = torch.zeros(1, 3, 2, 2)
+    features = {"c": torch.zeros(1, 1, 2, 2), "s": torch.zeros(1, 1, 2, 2)}
+    total, parts = objective(image, features)
+    assert parts == {"content": 2.0, "style": 5.0, "tv": 0.0}
+    assert abs(total.item() - 7.0) < 1e-6

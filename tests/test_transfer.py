@@ -1,0 +1,144 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from nst_engine import EngineError, Settings, StyleTransfer, load_picture
+from nst_engine.images import Picture, luminance
+from nst_engine.losses import gram_matrix
+from nst_engine.transfer import plan_scales, style_weight_for, to_tensor
+
+
+def small(**values) -> Settings:
+    return Settings.from_dict({"max_size": 64, "iterations": 20, "device": "cpu", **values})
+
+
+def test_objective_falls_by_half_within_20_steps(photo, painting):
+    engine = StyleTransfer(small())
+    losses = []
+    engine.stylize(load_picture(photo), [load_picture(painting)], lambda p: losses.append(p.loss))
+    assert len(losses) == 20
+    assert losses[-1] <= 0.5 * losses[0]
+
+
+def test_output_grams_move_towards_the_style(photo, painting):
+    engine = StyleTransfer(small(iterations=30))
+    content, style = load_picture(photo), load_picture(painting)
+    result = engine.stylize(content, [style])
+
+    def grams(picture):
+        feats = engine.features(to_tensor(picture.rgb, engine.device))
+        return {k: gram_matrix(feats[k]) for k in engine.settings.style_layers}
+
+    target, before, after = grams(style), grams(content), grams(result)
+    for layer in ("relu1_1", "relu2_1"):
+        assert (after[layer] - target[layer]).norm() < 0.8 * (before[layer] - target[layer]).norm()
+
+
+def test_result_has_full_size_and_alpha_bit_exact(photo, painting):
+    content = load_picture(photo)
+    rng = np.random.default_rng(0)
+    content.alpha = rng.random(content.rgb.shape[:2], dtype=np.float32)
+    result = StyleTransfer(small(max_size=48, iterations=3)).stylize(
+        content, [load_picture(painting)])
+    assert result.rgb.shape == content.rgb.shape and result.rgb.dtype == np.float32
+    assert result.alpha.tobytes() == content.alpha.tobytes()
+
+
+def test_same_seed_same_result_on_cpu(photo, painting):
+    def run():
+        settings = small(iterations=4, init="noise", seed=7)
+        return StyleTransfer(settings).stylize(load_picture(photo), [load_picture(painting)]).rgb
+
+    assert np.array_equal(run(), run())
+
+
+def test_preserve_colors_keeps_the_content_chroma(photo, painting):
+    content = load_picture(photo)
+    result = StyleTransfer(small(iterations=5, preserve_colors=True)).stylize(
+        content, [load_picture(painting)])
+
+    def chroma(rgb):
+        return rgb - luminance(rgb)[..., None]
+
+    inside = (result.rgb > 0.02).all(axis=2) & (result.rgb < 0.98).all(axis=2)
+    assert inside.mean() > 0.5
+    assert np.abs(chroma(result.rgb) - chroma(content.rgb))[inside].max() < 1e-5
+    assert np.abs(result.rgb - content.rgb).mean() > 1e-3  # but the luminance changed
+
+
+def test_grayscale_comes_back_grayscale(photo, painting):
+    gray = Picture(np.repeat(load_picture(photo).rgb[..., :1], 3, axis=2), gray=True)
+    result = StyleTransfer(small(iterations=2)).stylize(gray, [load_picture(painting)])
+    assert result.gray
+    assert np.array_equal(result.rgb[..., 0], result.rgb[..., 1])
+
+
+def test_several_styles_with_blend(photo, painting):
+    settings = small(iterations=2, style_blend=[2, 1])
+    result = StyleTransfer(settings).stylize(
+        load_picture(photo), [load_picture(painting), load_picture(photo)])
+    assert result.rgb.shape == load_picture(photo).rgb.shape
+    with pytest.raises(EngineError, match="blend weights"):
+        StyleTransfer(settings).stylize(load_picture(photo), [load_picture(painting)])
+
+
+def test_cancel_stops_within_a_step(photo, painting):
+    cancel = threading.Event()
+    steps = []
+
+    def on_step(progress):
+        steps.append(progress.step)
+        cancel.set()
+
+    with pytest.raises(EngineError) as info:
+        StyleTransfer(small()).stylize(
+            load_picture(photo), [load_picture(painting)], on_step, cancel)
+    assert info.value.kind == "cancelled" and steps == [1]
+
+
+def test_nan_loss_is_reported(photo, painting, monkeypatch):
+    engine = StyleTransfer(small(iterations=3, optimizer="adam"))
+    original = engine.features
+    monkeypatch.setattr(engine, "features",
+                        lambda image: {k: v * float("nan") for k, v in original(image).items()})
+    with pytest.raises(EngineError, match="diverged"):
+        engine.stylize(load_picture(photo), [load_picture(painting)])
+
+
+def test_plan_scales_coarse_to_fine():
+    scales = plan_scales(1080, 720, 512, 300)
+    assert [s.width for s in scales] == [128, 256, 512]
+    assert [s.height for s in scales] == [85, 171, 341]
+    assert sum(s.steps for s in scales) == 300
+    assert scales[0].steps > scales[1].steps > scales[2].steps
+    # max size above the photo: full resolution; tiny budget: every scale still runs
+    assert plan_scales(300, 200, 4096, 10)[-1].width == 300
+    assert all(s.steps >= 1 for s in plan_scales(4000, 3000, 2048, 5))
+    # a long thin strip keeps a workable short side
+    assert min(plan_scales(2000, 40, 512, 10)[0].height, 32) == 32
+
+
+def test_style_strength_mapping_and_validation():
+    assert style_weight_for(0.5) == pytest.approx(10.0)
+    assert style_weight_for(0) < style_weight_for(1)
+    for bad in ({"style_strength": 1.5}, {"iterations": 0}, {"optimizer": "sgd"},
+                {"content_layer": "relu9_1"}, {"iterations": "many"}, {"colour": 1}):
+        with pytest.raises(EngineError) as info:
+            Settings.from_dict(bad)
+        assert info.value.kind == "bad_input"
+
+
+def test_missing_weights_is_a_distinct_error(monkeypatch):
+    monkeypatch.setenv("NST_WEIGHTS", "original")
+    with pytest.raises(EngineError) as info:
+        StyleTransfer(small())
+    assert info.value.kind == "no_weights" and "weights download" in info.value.message
+
+
+def test_cuda_requested_without_gpu_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(EngineError, match="CUDA"):
+        StyleTransfer(small(device="cuda"))

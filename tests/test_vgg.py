@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from nst_engine import weights
+from nst_engine.vgg import FEATURE_SHAPES, LAYER_NAMES, Normalize, VGGFeatures
+
+
+def test_layer_names_follow_vgg19():
+    assert len(LAYER_NAMES) == 37
+    assert LAYER_NAMES[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert LAYER_NAMES.index("relu4_2") == 22 and LAYER_NAMES.index("relu5_1") == 29
+    assert LAYER_NAMES[-1] == "pool5" and len(FEATURE_SHAPES) == 32
+
+
+def test_truncated_after_last_layer_in_use():
+    state, family = weights.load("random")
+    model = VGGFeatures(state, family, ["relu1_1", "relu3_1"])
+    assert model.names[-1] == "relu3_1" and len(model.body) == LAYER_NAMES.index("relu3_1") + 1
+    out = model(torch.rand(1, 3, 32, 32))
+    assert set(out) == {"relu1_1", "relu3_1"}
+    assert out["relu3_1"].shape == (1, 256, 8, 8)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_conv_output_is_not_overwritten_by_inplace_relu():
+    state, family = weights.load("random")
+    model = VGGFeatures(state, family, ["conv2_1"])
+    out = model(torch.rand(1, 3, 16, 16))["conv2_1"]
+    assert (out < 0).any(), "a conv output must keep its negative values"
+
+
+def test_avg_pooling_and_unknown_layer():
+    state, family = weights.load("random")
+    model = VGGFeatures(state, family, ["relu2_1"], pooling="avg")
+    assert isinstance(model.body[4], torch.nn.AvgPool2d)
+    with pytest.raises(ValueError):
+        VGGFeatures(state, family, ["relu9_9"])
+
+
+def test_caffe_normalisation_is_bgr_0_255_minus_mean():
+    rgb = torch.tensor([1.0, 0.5, 0.0]).reshape(1, 3, 1, 1)
+    out = Normalize("original")(rgb).flatten().tolist()
+    expected = [0 - 103.939, 127.5 - 116.779, 255 - 123.68]
+    assert all(abs(a - b) < 1e-3 for a, b in zip(out, expected))
