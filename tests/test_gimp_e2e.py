@@ -12,9 +12,8 @@ import os
 import re
 
 import pytest
-from PIL import Image
-
 from gimp_env import Gimp, GimpUnavailable
+from PIL import Image
 
 pytestmark = pytest.mark.gimp
 

@@ -5,10 +5,9 @@ import os
 import stat
 import sys
 
+import nst_client
 import numpy as np
 import pytest
-
-import nst_client
 
 
 def test_npy_written_by_hand_reads_in_numpy_and_back(tmp_path):

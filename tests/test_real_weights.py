@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import real_weights_dir
+
 from nst_engine import Settings, StyleTransfer, load_picture
 from nst_engine.losses import gram_matrix
 from nst_engine.transfer import resize, to_tensor

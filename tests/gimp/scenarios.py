@@ -1,4 +1,4 @@
-# Runs inside gimp-console's python-fu-eval (Gimp, Gio, GLib, GObject already imported).
+# Runs inside gimp-console's python-fu-eval.
 # Each scenario calls python-fu-neural-style-transfer through the PDB and prints one
 # line "NST-RESULT <name> <json>" that tests/test_gimp_e2e.py reads.
 import json
@@ -10,7 +10,8 @@ from array import array
 import gi
 
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl  # noqa: E402
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gegl, Gimp, Gio  # noqa: E402
 
 Gegl.init(None)
 STYLE = os.environ["NST_E2E_STYLE"]
