@@ -1,0 +1,196 @@
+"""Side-by-side benchmark: engine vs the plain reference vs the bare VGG19 floor.
+
+    python benchmarks/bench.py [--sizes 256 512] [--steps 300] [--out benchmarks/RESULTS.md]
+
+Needs the real weights (python -m nst_engine weights download) and the sample
+images in ../shared/images (or any photo/painting given with --content/--style).
+Timings on a shared machine are noisy: it reports medians and ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import reference
+import torch
+
+from nst_engine import Settings, StyleTransfer, load_picture, weights
+from nst_engine.transfer import resize, to_tensor
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "images"
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def evaluator(engine: StyleTransfer, content, style):
+    objective = engine.objective(content, [style])
+
+    def value(image) -> float:
+        with torch.no_grad():
+            return objective(image, engine.features(image))[0].item()
+
+    return value
+
+
+def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> dict:
+    engine = StyleTransfer(Settings(max_size=size, iterations=steps, device="cpu"))
+    w, h = content_pic.size
+    scale = size / max(w, h)
+    full = to_tensor(content_pic.rgb, engine.device)
+    content = resize(full, round(w * scale), round(h * scale))
+    style = to_tensor(style_pic.rgb, engine.device)
+
+    # Floor: a bare forward + backward of the same truncated VGG19.
+    x = content.clone().requires_grad_(True)
+
+    def floor():
+        feats = engine.vgg(x)
+        sum(f.sum() for f in feats.values()).backward()
+
+    floor_s = median_time(floor, repeats)
+
+    # Engine: one objective evaluation exactly as its optimiser calls it.
+    objective = engine.objective(content, [style])
+    y = content.clone().requires_grad_(True)
+
+    def engine_eval():
+        loss, _ = objective(y, engine.features(y))
+        loss.backward()
+
+    engine_eval_s = median_time(engine_eval, repeats)
+
+    # The reference: full run, then one shared evaluator at the final size.
+    state, _ = weights.load("original")
+    ref_image, ref_times = reference.stylize(state, content, resize(style, *_style_size(
+        style, content)), steps)
+    evaluate = evaluator(engine, content, style)
+    ref_final = evaluate(ref_image)
+    ref_time = ref_times[-1]
+    ref_step = statistics.median(b - a for a, b in zip([0.0, *ref_times], ref_times))
+
+    # The engine, multi-scale: time until its top-scale objective reaches the reference's.
+    reached = {"t": None, "steps": 0}
+    top_steps = []
+
+    def on_step(p):
+        if p.scale == p.scales:
+            top_steps.append(p.elapsed)
+            if reached["t"] is None and p.loss <= ref_final:
+                reached["t"], reached["steps"] = p.elapsed, p.step
+    started = time.perf_counter()
+    result = engine.stylize(content_picture_at(content_pic, content), [style_pic], on_step)
+    engine_total = time.perf_counter() - started
+    engine_final = evaluate(to_tensor(result.rgb, engine.device))
+    engine_step = statistics.median(b - a for a, b in zip(top_steps, top_steps[1:]))
+    return {
+        "size": f"{content.shape[-1]}×{content.shape[-2]}", "floor_ms": floor_s * 1000,
+        "engine_eval_ms": engine_eval_s * 1000, "engine_step_ms": engine_step * 1000,
+        "ref_step_ms": ref_step * 1000, "ref_time": ref_time, "ref_final": ref_final,
+        "engine_reach": reached["t"], "engine_reach_step": reached["steps"],
+        "engine_total": engine_total, "engine_final": engine_final, "steps": steps,
+    }
+
+
+def _style_size(style, content):
+    side = max(content.shape[-2:])
+    factor = side / max(style.shape[-2:])
+    return round(style.shape[-1] * factor), round(style.shape[-2] * factor)
+
+
+def content_picture_at(picture, tensor):
+    from nst_engine.images import Picture
+    from nst_engine.transfer import to_array
+    return Picture(to_array(tensor))
+
+
+def peak_rss(megapixels: float, content: Path, style: Path) -> float:
+    """Peak RSS (GB) of a whole CLI run whose working size has this many megapixels."""
+    side = int((megapixels * 1e6) ** 0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = (
+            "import resource, subprocess, sys;"
+            "subprocess.run(sys.argv[1:], check=True);"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, sys.executable, "-m", "nst_engine", "stylize",
+             str(content), str(style), "-o", f"{tmp}/o.png", "--max-size", str(side),
+             "--iterations", "2", "--device", "cpu", "--progress", "none"],
+            capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024 / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--steps", type=int, nargs="+", default=[300],
+                        help="reference steps per size (one value, or one per size)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--content", type=Path, default=SHARED / "amber.jpg")
+    parser.add_argument("--style", type=Path, default=SHARED / "mosaic.jpg")
+    parser.add_argument("--memory", type=float, nargs="*", default=[0.25, 1, 4])
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    content_pic, style_pic = load_picture(args.content), load_picture(args.style)
+    steps = args.steps * len(args.sizes) if len(args.steps) == 1 else args.steps
+    rows = [bench_size(s, n, args.repeats, content_pic, style_pic)
+            for s, n in zip(args.sizes, steps)]
+    memory = [(mp, peak_rss(mp, args.content, args.style)) for mp in args.memory]
+    write_results(args, rows, memory)
+
+
+def write_results(args, rows, memory) -> None:
+    lines = [
+        "# Benchmark results", "",
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}; CPU only.", "",
+        f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}` "
+        f"on {args.content.name} (content) and {args.style.name} (style), real VGG19 "
+        "(original weights), default settings (style strength 0.5).", "",
+        "## Time per step", "",
+        "| size | floor f+b (ms) | engine evaluation (ms) | engine / floor "
+        "| engine L-BFGS step (ms) | reference step (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['floor_ms']:.0f} | {r['engine_eval_ms']:.0f} | "
+            f"{r['engine_eval_ms'] / r['floor_ms']:.2f} | {r['engine_step_ms']:.0f} | "
+            f"{r['ref_step_ms']:.0f} |")
+    lines += ["", "## Time to the reference's final objective", "",
+              "| size | reference steps | reference time (s) | reference final J | "
+              "engine reaches it at (s) | ratio | engine full run (s) | engine final J |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reach = r["engine_reach"]
+        lines.append(
+            f"| {r['size']} | {r['steps']} | {r['ref_time']:.1f} | {r['ref_final']:.4f} | "
+            f"{'not reached' if reach is None else f'{reach:.1f}'} | "
+            f"{'–' if reach is None else format(reach / r['ref_time'], '.2f')} | "
+            f"{r['engine_total']:.1f} | {r['engine_final']:.4f} |")
+    lines += ["", "## Peak memory (whole CLI run, RSS)", "",
+              "| working size (MP) | peak RSS (GB) |", "|---|---|"]
+    lines += [f"| {mp} | {gb:.2f} |" for mp, gb in memory]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""A plain reference implementation of the seed's method, for the benchmark only.
+
+Single scale, L-BFGS with strong-Wolfe line search, Gatys's layers, the objective
+of docs/losses.md written out directly, no engine code.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torchvision.models.vgg import cfgs, make_layers
+
+MEAN_BGR = torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+CONTENT, STYLE = 22, (1, 6, 11, 20, 29)  # relu4_2; relu1_1 … relu5_1 in vgg19.features
+
+
+def vgg(state: dict) -> torch.nn.Sequential:
+    net = make_layers(cfgs["E"])
+    net.load_state_dict(state)
+    return net[:30].eval().requires_grad_(False)
+
+
+def activations(net, rgb):
+    x = rgb.flip(1) * 255 - MEAN_BGR
+    out = {}
+    for index, layer in enumerate(net):
+        x = layer(x)
+        out[index] = x
+    return out
+
+
+def gram(f):
+    _, c, h, w = f.shape
+    f = f.reshape(c, h * w)
+    return f @ f.T / (h * w)
+
+
+def stylize(state: dict, content: torch.Tensor, style: torch.Tensor, steps: int,
+            beta: float = 10.0) -> tuple[torch.Tensor, list[float]]:
+    """Returns the image and the wall time after each step."""
+    net = vgg(state)
+    with torch.no_grad():
+        target = activations(net, content)[CONTENT]
+        style_acts = activations(net, style)
+        grams = {i: gram(style_acts[i]) for i in STYLE}
+    image = content.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([image], lr=1, max_iter=1, history_size=50,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        acts = activations(net, image)
+        loss = (acts[CONTENT] - target).pow(2).sum() / target.pow(2).sum()
+        style_loss = sum((gram(acts[i]) - grams[i]).pow(2).sum() / grams[i].pow(2).sum()
+                         for i in STYLE) / len(STYLE)
+        loss = loss + beta * style_loss
+        loss.backward()
+        return loss
+
+    times, start = [], time.perf_counter()
+    for _ in range(steps):
+        optimizer.step(closure)
+        times.append(time.perf_counter() - start)
+    return image.detach().clamp(0, 1), times
