@@ -38,8 +38,13 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def objective_at(engine: StyleTransfer, content, style):
+    """The engine's objective (docs/losses.md) for images of ``content``'s size."""
+    return engine.objective(content, engine.style_grams([style], max(content.shape[-2:])))
+
+
 def evaluator(engine: StyleTransfer, content, style):
-    objective = engine.objective(content, [style])
+    objective = objective_at(engine, content, style)
 
     def value(image) -> float:
         with torch.no_grad():
@@ -66,7 +71,7 @@ def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> d
     floor_s = median_time(floor, repeats)
 
     # Engine: one objective evaluation exactly as its optimiser calls it.
-    objective = engine.objective(content, [style])
+    objective = objective_at(engine, content, style)
     y = content.clone().requires_grad_(True)
 
     def engine_eval():

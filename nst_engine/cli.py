@@ -70,6 +70,10 @@ def _add_stylize(sub) -> None:
     quality.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"),
                          help="where to compute: auto picks an NVIDIA GPU, then Apple's GPU, "
                          "then the processor (default auto)")
+    quality.add_argument("--memory-budget", type=float, metavar="GB",
+                         help="memory one optimisation may use; larger working sizes are "
+                         "then worked on in overlapping tiles (default: 80%% of the GPU's "
+                         "free memory, or half the computer's RAM)")
     quality.add_argument("--seed", type=int, default=0,
                          help="the same seed gives the same result again on the CPU")
     expert = p.add_argument_group("expert settings (docs/losses.md)")
@@ -101,7 +105,7 @@ SETTING_ARGS = (
     "iterations", "max_size", "style_strength", "content_weight", "style_weight",
     "tv_weight", "content_layer", "style_layers", "style_blend", "style_scale",
     "preserve_colors", "init", "optimizer", "learning_rate", "pooling", "seed", "device",
-    "weights",
+    "weights", "memory_budget",
 )
 
 

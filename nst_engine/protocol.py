@@ -21,7 +21,7 @@ import numpy as np
 from .errors import EngineError, bad_input
 from .files import atomic_path
 from .images import Picture, load_picture, picture_from_array, picture_to_array, save_picture
-from .transfer import Progress, Settings, StyleTransfer, plan_scales, to_array
+from .transfer import Progress, Settings, StyleTransfer, to_array
 
 PROTOCOL_VERSION = 1
 PARENT_GONE_GRACE_S = 10.0
@@ -123,11 +123,11 @@ def run_request(request_path: Path, emit: Emit, cancel: threading.Event) -> Path
 
     engine = StyleTransfer(Settings.from_dict(settings_field))
     width, height = content.size
-    scales = plan_scales(width, height, engine.max_size, engine.settings.iterations)
+    scales = engine.plan(width, height)
     emit({
         "event": "started", "device": engine.device.type, "weights": engine.family,
-        "width": width, "height": height, "total": sum(s.steps for s in scales),
-        "scales": [[s.width, s.height, s.steps] for s in scales],
+        "width": width, "height": height, "total": sum(s.ticks for s in scales),
+        "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
     })
     preview_path = output.with_name("preview.png")
 

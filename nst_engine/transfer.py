@@ -24,6 +24,9 @@ STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
 MIN_SCALE_SIDE = 128  # coarsest scale's longest side
 MIN_WORK_SIDE = 32  # VGG needs a few pixels left after four poolings
+MIN_TILE_SIDE = 128
+BYTES_PER_PIXEL = 3000.0  # peak memory per working pixel, L-BFGS, fp32
+FIXED_BYTES = 1.0e9  # torch, the network and the images, besides the optimisation
 
 
 def style_weight_for(strength: float) -> float:
@@ -58,6 +61,7 @@ class Settings:
     seed: int = 0
     device: str = "auto"
     weights: str | None = None  # original, torchvision, random, a path; None: NST_WEIGHTS
+    memory_budget: float | None = None  # GB for one optimisation; None: from the device
 
     @classmethod
     def from_dict(cls, values: dict) -> Settings:
@@ -95,6 +99,8 @@ class Settings:
             raise bad_input("optimizer must be lbfgs or adam")
         if self.pooling not in ("max", "avg"):
             raise bad_input("pooling must be max or avg")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise bad_input("memory budget must be positive (in GB)")
         if self.style_scale <= 0:
             raise bad_input("style scale must be positive")
         if min(self.content_weight, self.tv_weight, self.style_weight or 0.0) < 0:
@@ -113,9 +119,12 @@ _TYPES = {
     "style_strength": float, "content_weight": float, "style_weight": float,
     "tv_weight": float, "style_scale": float, "learning_rate": float,
     "content_layer": str, "init": str, "optimizer": str, "pooling": str, "device": str,
-    "weights": str, "style_layers": tuple, "style_blend": tuple,
+    "weights": str, "style_layers": tuple, "style_blend": tuple, "memory_budget": float,
 }
-_OPTIONAL = {"max_size", "style_weight", "style_blend", "weights"}
+_OPTIONAL = {"max_size", "style_weight", "style_blend", "weights", "memory_budget"}
+
+
+Tile = tuple[int, int, int, int]  # x0, y0, x1, y1 at the scale's size
 
 
 @dataclass
@@ -123,6 +132,15 @@ class Scale:
     width: int
     height: int
     steps: int
+    tiles: list[Tile] = field(default_factory=list)  # empty: the whole image at once
+
+    def regions(self) -> list[Tile]:
+        return self.tiles or [(0, 0, self.width, self.height)]
+
+    @property
+    def ticks(self) -> int:
+        """Progress steps: every tile runs all of the scale's steps."""
+        return self.steps * len(self.regions())
 
 
 @dataclass
@@ -165,6 +183,34 @@ def plan_scales(width: int, height: int, max_size: int, iterations: int) -> list
             Scale(max(1, round(width * factor)), max(1, round(height * factor)), count)
         )
     return scales
+
+
+def tile_grid(width: int, height: int, side: int, overlap: int) -> list[Tile]:
+    """Overlapping tiles of at most ``side`` pixels covering the image, row by row."""
+
+    def spans(length: int) -> list[tuple[int, int]]:
+        if length <= side:
+            return [(0, length)]
+        count = math.ceil((length - overlap) / (side - overlap))
+        stride = (length - side) / (count - 1)
+        return [(round(i * stride), round(i * stride) + side) for i in range(count)]
+
+    return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
+
+
+def blend_ramp(tile: Tile, overlap: int, device: torch.device) -> torch.Tensor:
+    """Weight of a tile's result: rising over the overlap with tiles done before it
+    (left and above), 1 elsewhere; later tiles blend over its right and bottom edges."""
+    x0, y0, x1, y1 = tile
+
+    def ramp(start: int, length: int) -> torch.Tensor:
+        weight = torch.ones(length, device=device)
+        if start > 0:
+            rise = min(overlap, length)
+            weight[:rise] = torch.linspace(0, 1, rise + 2, device=device)[1:-1]
+        return weight
+
+    return ramp(y0, y1 - y0).view(1, 1, -1, 1) * ramp(x0, x1 - x0).view(1, 1, 1, -1)
 
 
 def pick_device(name: str) -> torch.device:
@@ -218,6 +264,7 @@ class StyleTransfer:
         self.device = pick_device(settings.device)
         if self.device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
+        self.autocast = self.device.type == "cuda"  # bf16 VGG pass; Grams and losses fp32
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         state, self.family = weights.load(settings.weights)
@@ -230,29 +277,59 @@ class StyleTransfer:
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """VGG activations; under bf16 autocast on CUDA (losses stay fp32)."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             return self.vgg(image)
 
-    def objective(self, content: torch.Tensor, styles: Sequence[torch.Tensor]) -> Objective:
-        """The loss for images of ``content``'s size (styles resized per ``style_scale``)."""
+    def memory_budget(self) -> float:
+        """Bytes one optimisation may use: ``memory_budget`` GB, else 80% of free GPU
+        memory, or half the machine's RAM."""
+        if self.settings.memory_budget is not None:
+            return self.settings.memory_budget * 1e9
+        if self.device.type == "cuda":
+            return 0.8 * torch.cuda.mem_get_info(self.device)[0]
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            ram = 8e9
+        return 0.5 * ram
+
+    def plan(self, width: int, height: int) -> list[Scale]:
+        """The scales, each split into overlapping tiles when it would not fit the budget."""
+        scales = plan_scales(width, height, self.max_size, self.settings.iterations)
+        budget = self.memory_budget() - FIXED_BYTES
+        for scale in scales:
+            if scale.width * scale.height * BYTES_PER_PIXEL <= budget:
+                continue
+            side = int((max(budget, 0) / BYTES_PER_PIXEL) ** 0.5)
+            if side < MIN_TILE_SIDE:
+                raise EngineError(
+                    "out_of_memory",
+                    f"the memory budget ({budget / 1e9:.1f} GB free for the work) is too "
+                    f"small even for {MIN_TILE_SIDE}-pixel tiles; raise --memory-budget",
+                )
+            scale.tiles = tile_grid(scale.width, scale.height, side, max(32, side // 6))
+        return scales
+
+    def style_grams(self, styles: Sequence[torch.Tensor], side: float) -> dict:
+        """Blended Gram targets of the style images resized to ``style_scale × side``."""
         s = self.settings
-        height, width = content.shape[-2:]
-        side = max(height, width) * s.style_scale
         style_feats = []
         with torch.no_grad():
             for style in styles:
-                factor = side / max(style.shape[-2:])
+                factor = side * s.style_scale / max(style.shape[-2:])
                 size = (max(MIN_WORK_SIDE, round(style.shape[-1] * factor)),
                         max(MIN_WORK_SIDE, round(style.shape[-2] * factor)))
                 feats = self.features(resize(style, *size))
                 style_feats.append({k: feats[k] for k in s.style_layers})
-            content_feats = self.features(content)
-        blend = s.style_blend or (1.0,) * len(styles)
-        return Objective(
-            {s.content_layer: content_feats[s.content_layer]},
-            blended_grams(style_feats, blend),
-            s.content_weight, s.beta, s.tv_weight,
-        ).to(self.device)
+        return blended_grams(style_feats, s.style_blend or (1.0,) * len(styles))
+
+    def objective(self, content: torch.Tensor, grams: dict) -> Objective:
+        """The loss for images of ``content``'s size against the given style Grams."""
+        s = self.settings
+        with torch.no_grad():
+            target = self.features(content)[s.content_layer]
+        return Objective({s.content_layer: target}, grams, s.content_weight, s.beta,
+                         s.tv_weight).to(self.device)
 
     def _initial(self, content: torch.Tensor) -> torch.Tensor:
         init = self.settings.init
@@ -284,7 +361,7 @@ class StyleTransfer:
             raise bad_input("style blend weights must be non-negative and not all zero")
         torch.manual_seed(s.seed)
         width, height = content.size
-        scales = plan_scales(width, height, self.max_size, s.iterations)
+        scales = self.plan(width, height)
         full = to_tensor(content.rgb, self.device)
         style_images = [to_tensor(style.rgb, self.device) for style in styles]
         clock = _Clock(scales)
@@ -294,18 +371,21 @@ class StyleTransfer:
                 target = resize(full, scale.width, scale.height)
                 start = self._initial(target) if image is None else resize(
                     image, scale.width, scale.height)
-                image = self._optimise(
-                    start, target, style_images, scale, index, len(scales), clock,
-                    callback, cancel,
-                )
-            except RuntimeError as exc:
+                grams = self.style_grams(style_images, max(scale.width, scale.height))
+                image = start.detach().clamp(0, 1)
+                for tile in scale.regions():
+                    image = self._optimise_region(
+                        image, target, grams, tile, scale, index, len(scales), clock,
+                        callback, cancel,
+                    )
+            except (RuntimeError, MemoryError) as exc:
                 if not _is_oom(exc):
                     raise
                 smaller = max(MIN_WORK_SIDE, int(max(scale.width, scale.height) / 1.5))
                 raise EngineError(
                     "out_of_memory",
                     f"out of memory at {scale.width}×{scale.height} on {self.device.type}; "
-                    f"try a working size of --max-size {smaller} or less",
+                    f"try --max-size {smaller} or a smaller --memory-budget",
                 ) from None
         del full, style_images
         result = to_tensor(to_array(image), torch.device("cpu"))
@@ -316,20 +396,23 @@ class StyleTransfer:
             rgb = np.repeat(luminance(rgb)[..., None], 3, axis=2)
         return replace(content, rgb=np.ascontiguousarray(rgb, dtype=np.float32))
 
-    def _optimise(self, image, content, styles, scale, index, scales, clock, callback, cancel):
-        objective = self.objective(content, styles)
-        image = image.detach().requires_grad_(True)
+    def _optimise_region(self, image, content, grams, tile, scale, index, scales, clock,
+                         callback, cancel) -> torch.Tensor:
+        """Optimises one tile (or the whole image) and blends it back into ``image``."""
+        x0, y0, x1, y1 = tile
+        objective = self.objective(content[..., y0:y1, x0:x1], grams)
+        region = image[..., y0:y1, x0:x1].clone().requires_grad_(True)
         if self.settings.optimizer == "lbfgs":
             optimizer = torch.optim.LBFGS(
-                [image], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe"
+                [region], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe"
             )
         else:
-            optimizer = torch.optim.Adam([image], lr=self.settings.learning_rate)
+            optimizer = torch.optim.Adam([region], lr=self.settings.learning_rate)
         latest = {}
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss, parts = objective(image, self.features(image))
+            loss, parts = objective(region, self.features(region))
             loss.backward()
             latest.update(loss=loss.item(), parts=parts)
             return loss
@@ -340,7 +423,7 @@ class StyleTransfer:
                 raise cancelled()
             optimizer.step(closure)
             with torch.no_grad():  # keep pixels displayable
-                image.clamp_(0, 1)
+                region.clamp_(0, 1)
             if latest["loss"] >= previous * (1 - 1e-6):
                 # Clamping can leave L-BFGS with curvature pairs that no longer give a
                 # descent direction, and it then stalls for good: restart its memory.
@@ -353,25 +436,35 @@ class StyleTransfer:
                     "try a lower style strength or --optimizer adam",
                 )
             if callback is not None:
-                progress = clock.tick(scale, index, scales, latest["loss"], latest["parts"])
-                progress.image = image.detach()
+                progress = clock.tick(scale, (x1 - x0) * (y1 - y0), index, scales,
+                                      latest["loss"], latest["parts"])
+                progress.image = region.detach()
                 callback(progress)
-        return image.detach().clamp(0, 1)
+        if not scale.tiles:
+            return region.detach()
+        weight = blend_ramp(tile, max(32, (x1 - x0) // 6), self.device)
+        with torch.no_grad():
+            old = image[..., y0:y1, x0:x1]
+            image[..., y0:y1, x0:x1] = weight * region + (1 - weight) * old
+        return image
 
 
 class _Clock:
     """Counts steps and estimates time left, weighting steps by their pixel count."""
 
     def __init__(self, scales: Sequence[Scale]) -> None:
-        self.total = sum(s.steps for s in scales)
-        self.work_total = sum(s.steps * s.width * s.height for s in scales)
+        self.total = sum(s.ticks for s in scales)
+        self.work_total = sum(
+            s.steps * sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in s.regions())
+            for s in scales)
         self.work_done = 0
         self.step = 0
         self.started = time.monotonic()
 
-    def tick(self, scale: Scale, index: int, scales: int, loss: float, parts) -> Progress:
+    def tick(self, scale: Scale, pixels: int, index: int, scales: int, loss: float,
+             parts: dict) -> Progress:
         self.step += 1
-        self.work_done += scale.width * scale.height
+        self.work_done += pixels
         elapsed = time.monotonic() - self.started
         rate = elapsed / self.work_done
         return Progress(

@@ -1,0 +1,123 @@
+"""GPU check: NaN-free, bf16 autocast vs fp32, and the speed of 500 steps at 1024 px.
+
+    bash benchmarks/gpu_check.sh            # on an NVIDIA GPU (target: < 5 minutes on an H200)
+    bash benchmarks/gpu_check.sh --device cpu --size 64 --steps 4 --compare-steps 3   # dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from nst_engine import Settings, StyleTransfer
+from nst_engine.transfer import Scale, _Clock, resize
+from nst_engine.vgg import LAYER_NAMES
+
+H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's figure for the H200 SXM, dense
+
+
+def synthetic(width: int, height: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([0.5 + 0.4 * np.sin(11 * x + rng.random() * 6), 0.5 + 0.4 * np.cos(9 * y),
+                    0.5 + 0.4 * np.sin(5 * (x + y))], axis=0)
+    return torch.from_numpy(rgb.astype(np.float32))[None]
+
+
+def vgg_flops(engine: StyleTransfer, width: int, height: int) -> float:
+    """Forward FLOPs of the truncated VGG19 (2·Cin·Cout·9 per output pixel per conv)."""
+    flops, h, w = 0.0, height, width
+    for name, module in zip(engine.vgg.names, engine.vgg.body):
+        if isinstance(module, torch.nn.Conv2d):
+            flops += 2 * module.in_channels * module.out_channels * 9 * h * w
+        if name.startswith("pool"):
+            h, w = h // 2, w // 2
+    return flops
+
+
+def run(engine: StyleTransfer, content, style, steps: int) -> tuple[float, float, int, bool]:
+    """One single-scale optimisation; returns (fp32 objective, seconds, evaluations, finite)."""
+    height, width = content.shape[-2:]
+    grams = engine.style_grams([style], max(width, height))
+    objective = engine.objective(content, grams)
+    calls = {"n": 0}
+    features = engine.features
+
+    def counting(image):
+        calls["n"] += 1
+        return features(image)
+
+    engine.features = counting
+    finite = {"ok": True}
+
+    def check(progress):
+        finite["ok"] &= math.isfinite(progress.loss)
+
+    scale = Scale(width, height, steps)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    image = engine._optimise_region(content.clone(), content, grams, (0, 0, width, height),
+                                    scale, 1, 1, _Clock([scale]), check, None)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    engine.features = features
+    autocast, engine.autocast = engine.autocast, False
+    with torch.no_grad():
+        value = objective(image, engine.features(image))[0].item()
+    engine.autocast = autocast
+    return value, seconds, calls["n"], finite["ok"] and math.isfinite(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--compare-size", type=int, default=512)
+    parser.add_argument("--compare-steps", type=int, default=200)
+    args = parser.parse_args()
+    engine = StyleTransfer(Settings(device=args.device))
+    device = engine.device
+    report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "weights": engine.family}
+
+    content = synthetic(args.compare_size, args.compare_size * 3 // 4, 0).to(device)
+    style = resize(synthetic(256, 256, 1).to(device) ** 3, 256, 256)
+    results = {}
+    for mode in ("fp32", "bf16"):
+        engine.autocast = mode == "bf16" and device.type == "cuda"
+        torch.manual_seed(0)
+        results[mode] = run(engine, content, style, args.compare_steps)
+    fp32, bf16 = results["fp32"][0], results["bf16"][0]
+    report["compare"] = {"size": list(content.shape[-2:]), "steps": args.compare_steps,
+                         "fp32_objective": fp32, "bf16_objective": bf16,
+                         "relative_difference": abs(bf16 - fp32) / fp32}
+
+    engine.autocast = device.type == "cuda"
+    big = synthetic(args.size, args.size * 3 // 4, 2).to(device)
+    value, seconds, evaluations, finite = run(engine, big, style, args.steps)
+    flops = 3 * vgg_flops(engine, big.shape[-1], big.shape[-2]) * evaluations
+    tflops = flops / seconds / 1e12
+    report["speed"] = {
+        "size": list(big.shape[-2:]), "steps": args.steps, "seconds": seconds,
+        "evaluations": evaluations, "objective": value, "achieved_tflops": tflops,
+        "share_of_h200_bf16_peak": tflops / H200_BF16_DENSE_TFLOPS,
+        "layers": engine.vgg.names[-1], "total_layers": len(LAYER_NAMES),
+    }
+    if device.type == "cuda":
+        report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    report["no_nan"] = finite and all(r[3] for r in results.values())
+    report["bf16_within_2_percent"] = report["compare"]["relative_difference"] <= 0.02
+    report["500_steps_within_10_s"] = seconds <= 10.0
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

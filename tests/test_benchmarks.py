@@ -1,0 +1,21 @@
+"""The GPU check script runs end to end on the CPU (tiny sizes) and reports every figure."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_dry_run_on_cpu():
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--device", "cpu", "--size", "64", "--steps", "3",
+         "--compare-size", "64", "--compare-steps", "2"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHON": sys.executable, "NST_WEIGHTS": "random"})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["no_nan"] and report["bf16_within_2_percent"]
+    assert report["speed"]["evaluations"] >= 3 and report["speed"]["achieved_tflops"] > 0

@@ -1,0 +1,84 @@
+"""Big working sizes run in overlapping tiles against the global style targets."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import real_weights_dir
+
+from nst_engine import EngineError, Settings, StyleTransfer, load_picture
+from nst_engine.images import Picture
+from nst_engine.transfer import blend_ramp, tile_grid, to_tensor
+
+
+def test_tile_grid_covers_with_overlap():
+    tiles = tile_grid(512, 384, 288, 48)
+    assert len(tiles) == 4
+    covered = np.zeros((384, 512), bool)
+    for x0, y0, x1, y1 in tiles:
+        assert x1 - x0 <= 288 and y1 - y0 <= 288
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    assert tiles[1][0] < tiles[0][2] - 40  # neighbours overlap by at least the blend width
+    assert tile_grid(100, 80, 288, 48) == [(0, 0, 100, 80)]
+
+
+def test_blend_ramp_rises_only_towards_earlier_tiles():
+    ramp = blend_ramp((100, 0, 300, 200), 40, torch.device("cpu"))[0, 0]
+    assert ramp[:, 0].max() < 0.05 and ramp[:, 60].min() == 1 and ramp[0, 199] == 1
+    assert torch.all(ramp[:, 1:40] >= ramp[:, :39])
+
+
+def test_budget_too_small_is_out_of_memory():
+    engine = StyleTransfer(Settings(max_size=512, memory_budget=1.0, device="cpu"))
+    with pytest.raises(EngineError) as info:
+        engine.plan(512, 512)
+    assert info.value.kind == "out_of_memory"
+
+
+def structured_photo(width=512, height=384) -> Picture:
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([0.5 + 0.4 * np.sin(9 * x + 3 * y), 0.5 + 0.4 * np.cos(7 * y), x], axis=2)
+    for cx, cy, r, color in ((0.3, 0.3, 0.12, (0.9, 0.1, 0.1)), (0.7, 0.5, 0.15, (0.1, 0.2, 0.8))):
+        rgb[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = color
+    return Picture(np.clip(rgb, 0, 1).astype(np.float32))
+
+
+def gradient_energy(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dx = (np.diff(rgb, axis=1) ** 2).sum(axis=2)  # between columns x and x+1
+    dy = (np.diff(rgb, axis=0) ** 2).sum(axis=2)
+    return dx.mean(axis=0), dy.mean(axis=1)
+
+
+def test_tiled_run_has_no_seams_and_matches_the_untiled_objective(painting, monkeypatch):
+    monkeypatch.setenv("NST_DATA_DIR", str(real_weights_dir()))
+    monkeypatch.delenv("NST_WEIGHTS")
+    photo, style = structured_photo(), load_picture(painting)
+    common = {"max_size": 512, "iterations": 21, "device": "cpu", "seed": 3}
+    untiled_engine = StyleTransfer(Settings(**common))
+    tiled_engine = StyleTransfer(Settings(memory_budget=1.25, **common))
+    top = tiled_engine.plan(512, 384)[-1]
+    assert len(top.tiles) >= 4 and not untiled_engine.plan(512, 384)[-1].tiles
+
+    untiled = untiled_engine.stylize(photo, [style])
+    tiled = tiled_engine.stylize(photo, [style])
+
+    content = to_tensor(photo.rgb, untiled_engine.device)
+    objective = untiled_engine.objective(
+        content, untiled_engine.style_grams([to_tensor(style.rgb, content.device)], 512))
+
+    def value(picture):
+        image = to_tensor(picture.rgb, content.device)
+        with torch.no_grad():
+            return objective(image, untiled_engine.features(image))[0].item()
+
+    assert value(tiled) <= 1.10 * value(untiled), (value(tiled), value(untiled))
+
+    energy_x, energy_y = gradient_energy(tiled.rgb)
+    seams_x = {x for x0, _, x1, _ in top.tiles for x in (x0 - 1, x1 - 1) if 0 < x < 511}
+    seams_y = {y for _, y0, _, y1 in top.tiles for y in (y0 - 1, y1 - 1) if 0 < y < 383}
+    near_x = sorted({x + d for x in seams_x for d in (-2, -1, 0, 1, 2) if 0 <= x + d < 511})
+    near_y = sorted({y + d for y in seams_y for d in (-2, -1, 0, 1, 2) if 0 <= y + d < 383})
+    away_x = np.delete(energy_x, near_x).mean()
+    away_y = np.delete(energy_y, near_y).mean()
+    assert energy_x[near_x].mean() <= 1.2 * away_x, (energy_x[near_x].mean(), away_x)
+    assert energy_y[near_y].mean() <= 1.2 * away_y, (energy_y[near_y].mean(), away_y)
