@@ -208,7 +208,24 @@ if [ -z "$python_arg" ]; then
     || die "pip could not install torch; check the network, or use --python with an existing torch"
 fi
 say "installing the engine"
-"${pip[@]}" install --quiet "$SRC" \
+install_opts=(--quiet)
+# With setuptools at hand (Debian's python3-setuptools, conda) build without
+# fetching it, so --python installs work offline.
+"$engine_python" -c 'import setuptools' 2>/dev/null && install_opts+=(--no-build-isolation)
+if [ -n "$python_arg" ]; then
+  # Keep the interpreter's own torch stack: add only the small libraries it lacks,
+  # without letting pip re-resolve (and re-download) torch's requirements.
+  missing=()
+  for pair in PIL:pillow numpy:numpy png:pypng tifffile:tifffile torchvision:torchvision; do
+    "$engine_python" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    "${pip[@]}" install --quiet "${missing[@]}" \
+      || die "pip could not install ${missing[*]}; install them into $base_python and re-run"
+  fi
+  install_opts+=(--no-deps)
+fi
+"${pip[@]}" install "${install_opts[@]}" "$SRC" \
   || die "pip could not install the engine from $SRC"
 
 # 2. Weights. A failure here does not stop the rest.

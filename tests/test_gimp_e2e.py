@@ -17,8 +17,8 @@ from PIL import Image
 
 pytestmark = pytest.mark.gimp
 
-SCENARIOS = ["basic", "deep", "float", "gray", "selection", "missing_style", "bad_style",
-             "group", "two_layers"]
+SCENARIOS = ["registration", "basic", "deep", "float", "gray", "selection", "missing_style",
+             "bad_style", "group", "two_layers"]
 SCENARIO_FUNCS = {"float": "deep_float_levels", "group": "in_group"}
 
 
@@ -54,6 +54,16 @@ def get(results, name):
         pytest.fail(f"scenario {name} gave no result (GIMP rc {results['rc']}):\n"
                     f"{results['log'][-4000:]}")
     return results["runs"][name]
+
+
+def test_procedure_is_registered_in_the_filters_menu(results):
+    run = get(results, "registration")
+    assert run["gimp"].startswith(results["version"])
+    assert run["menu_paths"] == ["<Image>/Filters/Artistic"]
+    assert run["label"] == "_Neural Style Transfer..."
+    assert run["image_types"] == "RGB*, GRAY*"
+    assert run["arguments"][-7:] == ["style-file", "style-strength", "iterations", "max-size",
+                                     "preserve-colors", "seed", "device"]
 
 
 def test_new_layer_above_source_with_offsets_alpha_and_name(results):

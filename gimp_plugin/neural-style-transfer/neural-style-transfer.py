@@ -9,6 +9,7 @@ one undo step. All of the plug-in's GIMP calls are in this file.
 import os
 import shutil
 import sys
+import time
 
 import gi
 
@@ -40,6 +41,22 @@ def pixel_format(drawable):
     return f"{base}{'A' if alpha else ''} float", (1 if gray else 3) + (1 if alpha else 0)
 
 
+class Timings:
+    """Wall-clock marks of a run, printed to stderr when NST_PLUGIN_TIMINGS is set."""
+
+    def __init__(self):
+        self.marks = [("start", time.monotonic())]
+
+    def mark(self, name):
+        self.marks.append((name, time.monotonic()))
+
+    def report(self):
+        if os.environ.get("NST_PLUGIN_TIMINGS"):
+            start = self.marks[0][1]
+            text = ", ".join(f"{name} {at - start:.2f} s" for name, at in self.marks[1:])
+            print(f"nst-timings: {text}", file=sys.stderr, flush=True)
+
+
 def check_target(image, drawables):
     if len(drawables) != 1:
         raise Failure("Select exactly one layer to stylise.")
@@ -67,6 +84,7 @@ def stylize_layer(image, drawables, style_file, settings):
     except nst_client.ClientError as error:
         raise Failure(nst_client.user_message(error)) from None
 
+    clock = Timings()
     fmt, channels = pixel_format(drawable)
     rect = Gegl.Rectangle.new(x, y, width, height)
     # Behind flatpak-spawn the engine runs on the host: use a folder it can see.
@@ -82,7 +100,11 @@ def stylize_layer(image, drawables, style_file, settings):
 
         Gimp.progress_set_text("Neural style transfer: starting the engine")
 
+        clock.mark("request written")
+
         def on_progress(p):
+            if p.step == 1:
+                clock.mark("first step")
             Gimp.progress_update(p.fraction)
             Gimp.progress_set_text(
                 f"Neural style transfer: step {p.step} of {p.total}, "
@@ -90,6 +112,7 @@ def stylize_layer(image, drawables, style_file, settings):
             )
 
         result_path = nst_client.run_engine(engine, request, on_progress)
+        clock.mark("engine result")
         data, shape = nst_client.read_npy(result_path)
         if shape != (height, width, channels):
             raise Failure(f"The engine returned an array of shape {shape}, "
@@ -97,6 +120,8 @@ def stylize_layer(image, drawables, style_file, settings):
         Gimp.progress_set_text("Neural style transfer: adding the layer")
         add_result_layer(image, drawable, style_path, (x, y, width, height), fmt, data)
         Gimp.progress_end()
+        clock.mark("layer added")
+        clock.report()
     except nst_client.ClientError as error:
         raise Failure(nst_client.user_message(error, engine[-1])) from None
     finally:
@@ -161,14 +186,14 @@ class NeuralStyleTransfer(Gimp.PlugIn):
         procedure.set_attribution("nst-gimp contributors", "nst-gimp contributors", "2026")
         flags = GObject.ParamFlags.READWRITE
         procedure.add_file_argument(
-            "style-file", "_Style image", "The painting whose style is applied",
+            "style-file", "Style _image", "The painting whose style is applied",
             Gimp.FileChooserAction.OPEN, False, None, flags)
         procedure.add_double_argument(
-            "style-strength", "Style _strength",
+            "style-strength", "Style stre_ngth",
             "0 keeps the photo nearly unchanged, 1 lets the painting take over",
             0.0, 1.0, 0.5, flags)
         procedure.add_int_argument(
-            "iterations", "_Iterations", "More steps give a cleaner result but take longer",
+            "iterations", "It_erations", "More steps give a cleaner result but take longer",
             1, 5000, 300, flags)
         procedure.add_int_argument(
             "max-size", "_Max size",
@@ -178,13 +203,13 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             "preserve-colors", "_Keep the photo's colours",
             "Take only the painting's textures, not its colours", False, flags)
         procedure.add_int_argument(
-            "seed", "Se_ed", "The same seed gives the same result again", 0, 2147483647, 0,
+            "seed", "See_d", "The same seed gives the same result again", 0, 2147483647, 0,
             flags)
         choice = Gimp.Choice.new()
         for index, (nick, label) in enumerate(DEVICES):
             choice.add(nick, index, label, "")
         procedure.add_choice_argument(
-            "device", "_Device", "Where to compute", choice, "auto", flags)
+            "device", "De_vice", "Where to compute", choice, "auto", flags)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, data):

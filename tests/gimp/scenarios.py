@@ -96,6 +96,14 @@ def stack(image, parent=None):
     return [layer.get_name() for layer in layers]
 
 
+def registration():
+    proc = Gimp.get_pdb().lookup_procedure(PROC)
+    args = [spec.get_name() for spec in proc.get_arguments()]
+    report("registration", menu_paths=list(proc.get_menu_paths()),
+           label=proc.get_menu_label(), image_types=proc.get_image_types(), arguments=args,
+           gimp=Gimp.version())
+
+
 def basic():
     image, layer = make_image(layer_size=(60, 44), offsets=(5, 7), alpha_varies=True)
     other = Gimp.Layer.new(image, "above", 72, 56, Gimp.ImageType.RGBA_IMAGE, 100.0,
@@ -190,6 +198,19 @@ def two_layers():
     image.insert_layer(second, None, 0)
     status, message = run(image, [layer, second])
     report("two_layers", status=status, message=message, layers=len(image.get_layers()))
+    image.delete()
+
+
+def big():
+    """A 6000×4000 (24 MP) layer, for benchmarks/plugin_overhead.py (not a test)."""
+    image = Gimp.Image.new(6000, 4000, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "photo", 6000, 4000, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    Gimp.context_set_foreground(Gegl.Color.new("orange"))
+    layer.fill(Gimp.FillType.FOREGROUND)
+    status, message = run(image, [layer], iterations=1, **{"max-size": 64})
+    report("big", status=status, message=message, layers=len(image.get_layers()))
     image.delete()
 
 
