@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -12,9 +11,9 @@ import warnings
 from pathlib import Path
 
 from . import __version__, weights
-from .errors import EXIT_CODES, EngineError, bad_input
+from .errors import EXIT_CODES, EngineError
 from .images import check_output_path, load_picture, save_picture
-from .protocol import error_event, run_request, stdout_emitter, watch_stdin
+from .protocol import error_event, progress_event, run_request, stdout_emitter, watch_stdin
 from .transfer import CONTENT_LAYER, STYLE_LAYERS, Progress, Settings, StyleTransfer
 
 PROG = "nst-engine"
@@ -151,14 +150,6 @@ class _Bar:
         sys.stderr.flush()
 
 
-def _json_progress(p: Progress) -> None:
-    print(json.dumps({
-        "event": "progress", "scale": p.scale, "scales": p.scales, "step": p.step,
-        "total": p.total, "fraction": p.step / p.total, "eta_s": round(p.eta, 3),
-        "loss": p.loss, **{f"{k}_loss": v for k, v in p.losses.items()},
-    }), flush=True)
-
-
 def _stylize(args, cancel: threading.Event) -> int:
     values = {key: getattr(args, key) for key in SETTING_ARGS}
     settings = Settings.from_dict(values)
@@ -168,12 +159,13 @@ def _stylize(args, cancel: threading.Event) -> int:
     mode = args.progress
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"
-    callback = {"bar": _Bar(), "json": _json_progress, "none": None}[mode]
+    emit = stdout_emitter()
+    callback = {"bar": _Bar(), "json": lambda p: emit(progress_event(p)), "none": None}[mode]
     engine = StyleTransfer(settings)
     result = engine.stylize(content, styles, callback, cancel)
     save_picture(result, output)
     if mode == "json":
-        print(json.dumps({"event": "result", "path": str(output)}), flush=True)
+        emit({"event": "result", "path": str(output)})
     else:
         print(f"wrote {output}", file=sys.stderr)
     return 0
@@ -250,5 +242,3 @@ def _fail(args, emit, error: EngineError) -> int:
     print(f"{PROG}: error: {error.message}", file=sys.stderr)
     return error.exit_code
 
-
-__all__ = ["main", "build_parser", "bad_input"]

@@ -132,13 +132,7 @@ def run_request(request_path: Path, emit: Emit, cancel: threading.Event) -> Path
     preview_path = output.with_name("preview.png")
 
     def on_progress(p: Progress) -> None:
-        emit({
-            "event": "progress", "scale": p.scale, "scales": p.scales,
-            "width": p.width, "height": p.height, "step": p.step, "total": p.total,
-            "fraction": p.step / p.total, "elapsed_s": round(p.elapsed, 3),
-            "eta_s": round(p.eta, 3), "loss": p.loss,
-            **{f"{name}_loss": value for name, value in p.losses.items()},
-        })
+        emit(progress_event(p))
         if preview_every and p.step % preview_every == 0 and p.step < p.total:
             save_picture(Picture(to_array(p.image), bits=8), preview_path)
             emit({"event": "preview", "path": str(preview_path), "step": p.step})
@@ -148,6 +142,16 @@ def run_request(request_path: Path, emit: Emit, cancel: threading.Event) -> Path
         np.save(handle, picture_to_array(result), allow_pickle=False)
     emit({"event": "result", "path": str(output)})
     return output
+
+
+def progress_event(p: Progress) -> dict:
+    return {
+        "event": "progress", "scale": p.scale, "scales": p.scales,
+        "width": p.width, "height": p.height, "step": p.step, "total": p.total,
+        "fraction": p.step / p.total, "elapsed_s": round(p.elapsed, 3),
+        "eta_s": round(p.eta, 3), "loss": p.loss,
+        **{f"{name}_loss": value for name, value in p.losses.items()},
+    }
 
 
 def error_event(error: EngineError) -> dict:
