@@ -20,6 +20,7 @@ from pathlib import Path
 
 import reference
 import torch
+from PIL import Image
 
 from nst_engine import Settings, StyleTransfer, load_picture, weights
 from nst_engine.transfer import resize, to_tensor
@@ -126,10 +127,16 @@ def content_picture_at(picture, tensor):
     return Picture(to_array(tensor))
 
 
-def peak_rss(megapixels: float, content: Path, style: Path) -> float:
-    """Peak RSS (GB) of a whole CLI run whose working size has this many megapixels."""
-    side = int((megapixels * 1e6) ** 0.5)
+def peak_rss(megapixels: float, content: Path, style: Path) -> tuple[int, float]:
+    """Peak RSS (GB) of a whole CLI run whose working size has this many megapixels.
+
+    The photo is first enlarged (or reduced) to exactly that size, so the working
+    size is not capped by the sample photo's own size.
+    """
+    side = round((megapixels * 1e6) ** 0.5)
     with tempfile.TemporaryDirectory() as tmp:
+        photo = Image.open(content).convert("RGB").resize((side, side), Image.LANCZOS)
+        photo.save(f"{tmp}/photo.png")
         code = (
             "import resource, subprocess, sys;"
             "subprocess.run(sys.argv[1:], check=True);"
@@ -137,10 +144,10 @@ def peak_rss(megapixels: float, content: Path, style: Path) -> float:
         )
         out = subprocess.run(
             [sys.executable, "-c", code, sys.executable, "-m", "nst_engine", "stylize",
-             str(content), str(style), "-o", f"{tmp}/o.png", "--max-size", str(side),
+             f"{tmp}/photo.png", str(style), "-o", f"{tmp}/o.png", "--max-size", str(side),
              "--iterations", "2", "--device", "cpu", "--progress", "none"],
             capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024 / 1024
+    return side, int(out.stdout.strip().splitlines()[-1]) / 1024 / 1024
 
 
 def main() -> None:
@@ -194,8 +201,8 @@ def write_results(args, rows, memory) -> None:
             f"{'–' if reach is None else format(reach / r['ref_time'], '.2f')} | "
             f"{r['engine_total']:.1f} | {r['engine_final']:.4f} |")
     lines += ["", "## Peak memory (whole CLI run, RSS)", "",
-              "| working size (MP) | peak RSS (GB) |", "|---|---|"]
-    lines += [f"| {mp} | {gb:.2f} |" for mp, gb in memory]
+              "| working size (MP) | pixels | peak RSS (GB) |", "|---|---|---|"]
+    lines += [f"| {mp} | {side}×{side} | {gb:.2f} |" for mp, (side, gb) in memory]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

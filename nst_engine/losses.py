@@ -61,6 +61,18 @@ class TVLoss(nn.Module):
         return dx.pow(2).mean() + dy.pow(2).mean()
 
 
+class RangePenalty(nn.Module):
+    """``mean(max(x - 1, 0)^2 + max(-x, 0)^2)``: zero for displayable pixels.
+
+    Keeps the optimum inside [0, 1] so that the pixels need no clamping between
+    steps (a clamp moves the point L-BFGS just evaluated and costs a second
+    evaluation per step).
+    """
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - image.clamp(0, 1)).pow(2).mean()
+
+
 def blended_grams(
     style_features: Sequence[Mapping[str, torch.Tensor]], blend: Sequence[float]
 ) -> dict[str, torch.Tensor]:
@@ -73,8 +85,12 @@ def blended_grams(
     }
 
 
+RANGE_WEIGHT = 1e4  # makes excursions beyond [0, 1] cost more than they gain
+
+
 class Objective(nn.Module):
-    """``alpha·content + beta·mean_l(style_l) + tv_weight·tv`` for one image size."""
+    """``alpha·content + beta·mean_l(style_l) + tv_weight·tv + RANGE_WEIGHT·range``
+    for one image size."""
 
     def __init__(
         self,
@@ -88,6 +104,7 @@ class Objective(nn.Module):
         self.content = nn.ModuleDict({k: ContentLoss(v) for k, v in content_targets.items()})
         self.style = nn.ModuleDict({k: StyleLoss(v) for k, v in style_grams.items()})
         self.tv = TVLoss()
+        self.range = RangePenalty()
         self.content_weight = content_weight
         self.style_weight = style_weight
         self.tv_weight = tv_weight
@@ -104,6 +121,7 @@ class Objective(nn.Module):
         }
         if self.tv_weight:
             parts["tv"] = self.tv_weight * self.tv(image)
+        parts["range"] = RANGE_WEIGHT * self.range(image)
         total = sum(parts.values())
         values = torch.stack(list(parts.values())).detach().tolist()  # one device sync
         return total, dict(zip(parts, values))

@@ -411,10 +411,17 @@ class StyleTransfer:
         latest = {}
 
         def closure() -> torch.Tensor:
+            # L-BFGS (one iteration per step) re-evaluates at the start of each step
+            # the point its line search just accepted: answer from the last
+            # evaluation when it was that point, which halves the cost of a step.
+            if "image" in latest and torch.equal(latest["image"], region):
+                region.grad = latest["grad"]
+                return latest["tensor"]
             optimizer.zero_grad(set_to_none=True)
             loss, parts = objective(region, self.features(region))
             loss.backward()
-            latest.update(loss=loss.item(), parts=parts)
+            latest.update(loss=loss.item(), parts=parts, tensor=loss.detach(),
+                          image=region.detach().clone(), grad=region.grad)
             return loss
 
         previous = math.inf
@@ -422,11 +429,9 @@ class StyleTransfer:
             if cancel is not None and cancel.is_set():
                 raise cancelled()
             optimizer.step(closure)
-            with torch.no_grad():  # keep pixels displayable
-                region.clamp_(0, 1)
             if latest["loss"] >= previous * (1 - 1e-6):
-                # Clamping can leave L-BFGS with curvature pairs that no longer give a
-                # descent direction, and it then stalls for good: restart its memory.
+                # When its line search fails torch's L-BFGS takes a zero step and then
+                # repeats the same direction for good: restart its memory.
                 optimizer.state.clear()
             previous = latest["loss"]
             if not math.isfinite(latest["loss"]):
@@ -440,6 +445,8 @@ class StyleTransfer:
                                       latest["loss"], latest["parts"])
                 progress.image = region.detach()
                 callback(progress)
+        with torch.no_grad():
+            region.clamp_(0, 1)  # the range penalty leaves at most tiny excursions
         if not scale.tiles:
             return region.detach()
         weight = blend_ramp(tile, max(32, (x1 - x0) // 6), self.device)

@@ -1,6 +1,14 @@
 import torch
 
-from nst_engine.losses import ContentLoss, Objective, StyleLoss, TVLoss, blended_grams, gram_matrix
+from nst_engine.losses import (
+    ContentLoss,
+    Objective,
+    RangePenalty,
+    StyleLoss,
+    TVLoss,
+    blended_grams,
+    gram_matrix,
+)
 
 
 def test_gram_matrix_by_hand():
@@ -53,5 +61,11 @@ def test_objective_combines_weighted_parts():
     image = torch.zeros(1, 3, 2, 2)
     features = {"c": torch.zeros(1, 1, 2, 2), "s": torch.zeros(1, 1, 2, 2)}
     total, parts = objective(image, features)
-    assert parts == {"content": 2.0, "style": 5.0, "tv": 0.0}
+    assert parts == {"content": 2.0, "style": 5.0, "tv": 0.0, "range": 0.0}
     assert abs(total.item() - 7.0) < 1e-6
+
+
+def test_range_penalty_only_outside_the_displayable_range():
+    image = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5]).reshape(1, 1, 1, 5)
+    assert abs(RangePenalty()(image).item() - (0.25 + 0.25) / 5) < 1e-7
+    assert RangePenalty()(image.clamp(0, 1)).item() == 0.0
