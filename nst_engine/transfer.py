@@ -27,6 +27,8 @@ MIN_WORK_SIDE = 32  # VGG needs a few pixels left after four poolings
 MIN_TILE_SIDE = 128
 BYTES_PER_PIXEL = 3000.0  # peak memory per working pixel, L-BFGS, fp32
 FIXED_BYTES = 1.0e9  # torch, the network and the images, besides the optimisation
+LBFGS_HISTORY = 50  # curvature pairs L-BFGS keeps, at most ...
+LBFGS_HISTORY_BYTES = 320e6  # ... and at most this much memory: 12 pairs at 1024²
 
 
 def style_weight_for(strength: float) -> float:
@@ -163,8 +165,10 @@ class Progress:
 def plan_scales(width: int, height: int, max_size: int, iterations: int) -> list[Scale]:
     """Coarse to fine: the longest side doubles up to ``min(max_size, input)``.
 
-    Each scale gets half the steps of the one below it, so most steps run where
-    they are cheap; every scale gets at least one step.
+    Every scale gets the same number of steps (the coarsest any remainder), so most
+    steps run at the smaller, cheaper scales while the top scale still gets enough
+    to refine the fine texture that enlarging the coarser result blurs; every scale
+    gets at least one step.
     """
     longest = max(width, height)
     top = min(max_size, longest)
@@ -172,8 +176,7 @@ def plan_scales(width: int, height: int, max_size: int, iterations: int) -> list
     while sides[-1] / 2 >= MIN_SCALE_SIDE:
         sides.append(sides[-1] / 2)
     sides = sides[: max(1, iterations)][::-1]
-    shares = [2.0 ** (len(sides) - 1 - i) for i in range(len(sides))]
-    steps = [max(1, math.floor(iterations * s / sum(shares))) for s in shares]
+    steps = [iterations // len(sides)] * len(sides)
     steps[0] += iterations - sum(steps)
     scales = []
     for side, count in zip(sides, steps):
@@ -183,6 +186,11 @@ def plan_scales(width: int, height: int, max_size: int, iterations: int) -> list
             Scale(max(1, round(width * factor)), max(1, round(height * factor)), count)
         )
     return scales
+
+
+def lbfgs_history(values: int) -> int:
+    """Curvature pairs (two fp32 vectors each) that fit in ``LBFGS_HISTORY_BYTES``."""
+    return max(5, min(LBFGS_HISTORY, int(LBFGS_HISTORY_BYTES // (8 * values))))
 
 
 def tile_grid(width: int, height: int, side: int, overlap: int) -> list[Tile]:
@@ -404,7 +412,8 @@ class StyleTransfer:
         region = image[..., y0:y1, x0:x1].clone().requires_grad_(True)
         if self.settings.optimizer == "lbfgs":
             optimizer = torch.optim.LBFGS(
-                [region], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe"
+                [region], lr=1.0, max_iter=1, history_size=lbfgs_history(region.numel()),
+                line_search_fn="strong_wolfe",
             )
         else:
             optimizer = torch.optim.Adam([region], lr=self.settings.learning_rate)

@@ -7,7 +7,7 @@ import torch
 from nst_engine import EngineError, Settings, StyleTransfer, load_picture
 from nst_engine.images import Picture, luminance
 from nst_engine.losses import gram_matrix
-from nst_engine.transfer import plan_scales, style_weight_for, to_tensor
+from nst_engine.transfer import lbfgs_history, plan_scales, style_weight_for, to_tensor
 
 
 def small(**values) -> Settings:
@@ -112,12 +112,19 @@ def test_plan_scales_coarse_to_fine():
     assert [s.width for s in scales] == [128, 256, 512]
     assert [s.height for s in scales] == [85, 171, 341]
     assert sum(s.steps for s in scales) == 300
-    assert scales[0].steps > scales[1].steps > scales[2].steps
+    assert [s.steps for s in scales] == [100, 100, 100]  # most steps below the top scale
+    assert [s.steps for s in plan_scales(1080, 720, 512, 10)] == [4, 3, 3]
     # max size above the photo: full resolution; tiny budget: every scale still runs
     assert plan_scales(300, 200, 4096, 10)[-1].width == 300
     assert all(s.steps >= 1 for s in plan_scales(4000, 3000, 2048, 5))
     # a long thin strip keeps a workable short side
     assert min(plan_scales(2000, 40, 512, 10)[0].height, 32) == 32
+
+
+def test_lbfgs_history_is_bounded_in_memory():
+    assert lbfgs_history(3 * 512 * 512) == 50  # full history up to 512 px
+    assert lbfgs_history(3 * 1024 * 1024) == 12  # 12 pairs × 2 × 12.6 MB ≈ 0.3 GB
+    assert lbfgs_history(3 * 6000 * 4000) == 5
 
 
 def test_style_strength_mapping_and_validation():
