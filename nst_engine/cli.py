@@ -72,7 +72,7 @@ def _add_stylize(sub) -> None:
     quality.add_argument("--memory-budget", type=float, metavar="GB",
                          help="memory one optimisation may use; larger working sizes are "
                          "then worked on in overlapping tiles (default: 80%% of the GPU's "
-                         "free memory, or half the computer's RAM)")
+                         "free memory, or 40%% of the computer's RAM)")
     quality.add_argument("--seed", type=int, default=0,
                          help="the same seed gives the same result again on the CPU")
     expert = p.add_argument_group("expert settings (docs/losses.md)")
