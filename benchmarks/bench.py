@@ -27,6 +27,7 @@ from nst_engine.transfer import resize, to_tensor
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "images"
+NOTES_MARK = "<!-- notes: kept by bench.py -->"
 
 
 def median_time(fn, repeats: int) -> float:
@@ -202,7 +203,11 @@ def write_results(args, rows, memory) -> None:
     lines += ["", "## Peak memory (whole CLI run, RSS)", "",
               "| working size (MP) | pixels | peak RSS (GB) |", "|---|---|---|"]
     lines += [f"| {mp} | {side}×{side} | {gb:.2f} |" for mp, (side, gb) in memory]
-    args.out.write_text("\n".join(lines) + "\n")
+    notes = ""
+    if args.out.exists() and NOTES_MARK in args.out.read_text():
+        old = args.out.read_text()
+        notes = "\n" + old[old.index(NOTES_MARK):]  # hand-written analysis survives a rerun
+    args.out.write_text("\n".join(lines) + "\n" + notes)
     print("\n".join(lines))
 
 
