@@ -74,15 +74,11 @@ class RangePenalty(nn.Module):
 
 
 def blended_grams(
-    style_features: Sequence[Mapping[str, torch.Tensor]], blend: Sequence[float]
+    grams: Sequence[Mapping[str, torch.Tensor]], blend: Sequence[float]
 ) -> dict[str, torch.Tensor]:
     """Weighted mean of several style images' Gram matrices, per layer."""
     total = float(sum(blend))
-    layers = style_features[0].keys()
-    return {
-        name: sum(w / total * gram_matrix(f[name]) for w, f in zip(blend, style_features))
-        for name in layers
-    }
+    return {name: sum(w / total * g[name] for w, g in zip(blend, grams)) for name in grams[0]}
 
 
 RANGE_WEIGHT = 1e4  # makes excursions beyond [0, 1] cost more than they gain

@@ -27,6 +27,8 @@ MIN_WORK_SIDE = 32  # VGG needs a few pixels left after four poolings
 MIN_TILE_SIDE = 128
 BYTES_PER_PIXEL = 3000.0  # peak memory per working pixel, L-BFGS, fp32
 FIXED_BYTES = 1.0e9  # torch, the network and the images, besides the optimisation
+NO_GRAD_BYTES_PER_PIXEL = 800.0  # a forward pass without gradients, style layers kept
+STRIP_MARGIN = 64  # rows of context around a strip; a multiple of VGG19's stride 16
 LBFGS_HISTORY = 50  # curvature pairs L-BFGS keeps, at most ...
 LBFGS_HISTORY_BYTES = 320e6  # ... and at most this much memory: 12 pairs at 1024²
 
@@ -322,15 +324,43 @@ class StyleTransfer:
     def style_grams(self, styles: Sequence[torch.Tensor], side: float) -> dict:
         """Blended Gram targets of the style images resized to ``style_scale × side``."""
         s = self.settings
-        style_feats = []
+        grams = []
+        for style in styles:
+            factor = side * s.style_scale / max(style.shape[-2:])
+            size = (max(MIN_WORK_SIDE, round(style.shape[-1] * factor)),
+                    max(MIN_WORK_SIDE, round(style.shape[-2] * factor)))
+            grams.append(self.grams(resize(style, *size)))
+        return blended_grams(grams, s.style_blend or (1.0,) * len(styles))
+
+    def grams(self, image: torch.Tensor) -> dict:
+        """Gram matrices of ``image`` at the style layers.
+
+        A large image (a style image enlarged for a full-resolution scale) is run
+        through the network in horizontal strips that fit the memory budget, each
+        with ``STRIP_MARGIN`` rows of context above and below whose features are
+        dropped; the Gram sums over the strips' own rows. Exact up to what lies
+        beyond the margin in the deepest layers' receptive fields.
+        """
+        layers = self.settings.style_layers
+        height, width = image.shape[-2:]
+        rows = int(self.memory_budget() / (NO_GRAD_BYTES_PER_PIXEL * width)) - 2 * STRIP_MARGIN
+        rows = max(STRIP_MARGIN, rows // STRIP_MARGIN * STRIP_MARGIN)
+        sums = {name: 0.0 for name in layers}
+        positions = dict.fromkeys(layers, 0)
         with torch.no_grad():
-            for style in styles:
-                factor = side * s.style_scale / max(style.shape[-2:])
-                size = (max(MIN_WORK_SIDE, round(style.shape[-1] * factor)),
-                        max(MIN_WORK_SIDE, round(style.shape[-2] * factor)))
-                feats = self.features(resize(style, *size))
-                style_feats.append({k: feats[k] for k in s.style_layers})
-        return blended_grams(style_feats, s.style_blend or (1.0,) * len(styles))
+            for top in range(0, height, rows):
+                bottom = min(height, top + rows)
+                above = min(top, STRIP_MARGIN)
+                strip = image[..., top - above:min(height, bottom + STRIP_MARGIN), :]
+                features = self.features(strip)
+                for name in layers:
+                    stride = 2 ** (int(name[4]) - 1)  # relu{block}_n: 2^(block-1)
+                    core = features[name][..., above // stride:(above + bottom - top) // stride, :]
+                    flat = core.reshape(core.shape[1], -1).float()
+                    sums[name] = sums[name] + flat @ flat.T
+                    positions[name] += flat.shape[1]
+                del features  # before the next strip's pass
+        return {name: sums[name] / positions[name] for name in layers}
 
     def objective(self, content: torch.Tensor, grams: dict) -> Objective:
         """The loss for images of ``content``'s size against the given style Grams."""

@@ -35,6 +35,16 @@ def test_budget_too_small_is_out_of_memory():
     assert info.value.kind == "out_of_memory"
 
 
+def test_style_grams_in_strips_match_the_whole_image():
+    image = to_tensor(structured_photo(96, 448).rgb, torch.device("cpu"))
+    whole = StyleTransfer(Settings(device="cpu")).grams(image)
+    # 0.03 GB: strips of 192 rows (+ 64-row margins) for a 96-px-wide image
+    strips = StyleTransfer(Settings(device="cpu", memory_budget=0.03)).grams(image)
+    for name, gram in whole.items():
+        error = ((strips[name] - gram).norm() / gram.norm()).item()
+        assert error < 0.02, (name, error)
+
+
 def structured_photo(width=512, height=384) -> Picture:
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
     rgb = np.stack([0.5 + 0.4 * np.sin(9 * x + 3 * y), 0.5 + 0.4 * np.cos(7 * y), x], axis=2)
