@@ -128,7 +128,7 @@ def content_picture_at(picture, tensor):
 
 
 def peak_rss(megapixels: float, content: Path, style: Path) -> tuple[int, float]:
-    """Peak RSS (GB) of a whole CLI run whose working size has this many megapixels.
+    """Peak RSS (GiB) of a whole CLI run whose working size has this many megapixels.
 
     The photo is first enlarged (or reduced) to exactly that size, so the working
     size is not capped by the sample photo's own size.
@@ -201,7 +201,7 @@ def write_results(args, rows, memory) -> None:
             f"{'–' if reach is None else format(reach / r['ref_time'], '.2f')} | "
             f"{r['engine_total']:.1f} | {r['engine_final']:.4f} |")
     lines += ["", "## Peak memory (whole CLI run, RSS)", "",
-              "| working size (MP) | pixels | peak RSS (GB) |", "|---|---|---|"]
+              "| working size (MP) | pixels | peak RSS (GiB) |", "|---|---|---|"]
     lines += [f"| {mp} | {side}×{side} | {gb:.2f} |" for mp, (side, gb) in memory]
     notes = ""
     if args.out.exists() and NOTES_MARK in args.out.read_text():
