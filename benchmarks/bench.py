@@ -55,6 +55,22 @@ def evaluator(engine: StyleTransfer, content, style):
     return value
 
 
+def floor_and_evaluation(engine: StyleTransfer, content, style):
+    """Two timeable calls at ``content``'s size: the floor (a bare forward + backward
+    of the same truncated VGG19) and one objective evaluation exactly as the
+    engine's optimiser makes it."""
+    objective = objective_at(engine, content, style)
+    x = content.clone().requires_grad_(True)
+
+    def floor() -> None:
+        sum(f.sum() for f in engine.vgg(x).values()).backward()
+
+    def evaluation() -> None:
+        objective(x, engine.features(x))[0].backward()
+
+    return floor, evaluation
+
+
 def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> dict:
     engine = StyleTransfer(Settings(max_size=size, iterations=steps, device="cpu"))
     w, h = content_pic.size
@@ -63,23 +79,8 @@ def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> d
     content = resize(full, round(w * scale), round(h * scale))
     style = to_tensor(style_pic.rgb, engine.device)
 
-    # Floor: a bare forward + backward of the same truncated VGG19.
-    x = content.clone().requires_grad_(True)
-
-    def floor():
-        feats = engine.vgg(x)
-        sum(f.sum() for f in feats.values()).backward()
-
+    floor, engine_eval = floor_and_evaluation(engine, content, style)
     floor_s = median_time(floor, repeats)
-
-    # Engine: one objective evaluation exactly as its optimiser calls it.
-    objective = objective_at(engine, content, style)
-    y = content.clone().requires_grad_(True)
-
-    def engine_eval():
-        loss, _ = objective(y, engine.features(y))
-        loss.backward()
-
     engine_eval_s = median_time(engine_eval, repeats)
 
     # The reference: full run, then one shared evaluator at the final size.
@@ -203,10 +204,9 @@ def write_results(args, rows, memory) -> None:
     lines += ["", "## Peak memory (whole CLI run, RSS)", "",
               "| working size (MP) | pixels | peak RSS (GiB) |", "|---|---|---|"]
     lines += [f"| {mp} | {side}×{side} | {gb:.2f} |" for mp, (side, gb) in memory]
-    notes = ""
-    if args.out.exists() and NOTES_MARK in args.out.read_text():
-        old = args.out.read_text()
-        notes = "\n" + old[old.index(NOTES_MARK):]  # hand-written analysis survives a rerun
+    old = args.out.read_text() if args.out.exists() else ""
+    # the hand-written analysis below the mark survives a rerun
+    notes = "\n" + old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
     args.out.write_text("\n".join(lines) + "\n" + notes)
     print("\n".join(lines))
 

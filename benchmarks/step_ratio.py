@@ -13,7 +13,7 @@ import statistics
 import time
 
 import torch
-from bench import SHARED, objective_at
+from bench import SHARED, floor_and_evaluation
 
 from nst_engine import Settings, StyleTransfer, load_picture
 from nst_engine.transfer import resize, to_tensor
@@ -28,14 +28,7 @@ def main() -> None:
     photo = load_picture(SHARED / "amber.jpg")
     content = resize(to_tensor(photo.rgb, engine.device), args.size, args.size)
     style = to_tensor(load_picture(SHARED / "mosaic.jpg").rgb, engine.device)
-    objective = objective_at(engine, content, style)
-    x = content.clone().requires_grad_(True)
-
-    def floor() -> None:
-        sum(f.sum() for f in engine.vgg(x).values()).backward()
-
-    def evaluation() -> None:
-        objective(x, engine.features(x))[0].backward()
+    floor, evaluation = floor_and_evaluation(engine, content, style)
 
     def timed(fn) -> float:
         start = time.perf_counter()

@@ -18,7 +18,7 @@ from . import weights
 from .errors import EngineError, bad_input, cancelled
 from .images import Picture, keep_colors, load_picture, luminance
 from .losses import Objective, blended_grams
-from .vgg import LAYER_NAMES, VGGFeatures
+from .vgg import LAYER_NAMES, VGGFeatures, stride
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
@@ -355,8 +355,8 @@ class StyleTransfer:
                 strip = image[..., top - above:min(height, bottom + STRIP_MARGIN), :]
                 features = self.features(strip)
                 for name in layers:
-                    stride = 2 ** (int(name[4]) - 1)  # relu{block}_n: 2^(block-1)
-                    core = features[name][..., above // stride:(above + bottom - top) // stride, :]
+                    step = stride(name)
+                    core = features[name][..., above // step:(above + bottom - top) // step, :]
                     flat = core.reshape(core.shape[1], -1).float()
                     sums[name] = sums[name] + flat @ flat.T
                     positions[name] += flat.shape[1]

@@ -23,6 +23,11 @@ def _layer_names() -> list[str]:
 
 LAYER_NAMES: list[str] = _layer_names()
 
+
+def stride(name: str) -> int:
+    """Input pixels per position of layer ``name``: 2 for every pooling up to it."""
+    return 2 ** sum(n.startswith("pool") for n in LAYER_NAMES[: LAYER_NAMES.index(name) + 1])
+
 # Expected parameter shapes, keyed like torchvision's ``vgg19().features`` state dict.
 FEATURE_SHAPES: dict[str, tuple[int, ...]] = {}
 _in = 3
