@@ -343,8 +343,7 @@ class StyleTransfer:
         """
         layers = self.settings.style_layers
         height, width = image.shape[-2:]
-        spare = self.memory_budget() - FIXED_BYTES  # as in ``plan``
-        rows = int(spare / (NO_GRAD_BYTES_PER_PIXEL * width)) - 2 * STRIP_MARGIN
+        rows = int(self.memory_budget() / (NO_GRAD_BYTES_PER_PIXEL * width)) - 2 * STRIP_MARGIN
         rows = max(STRIP_MARGIN, rows // STRIP_MARGIN * STRIP_MARGIN)
         sums = {name: 0.0 for name in layers}
         positions = dict.fromkeys(layers, 0)
