@@ -42,7 +42,8 @@ def median_time(fn, repeats: int) -> float:
 
 def objective_at(engine: StyleTransfer, content, style):
     """The engine's objective (docs/losses.md) for images of ``content``'s size."""
-    return engine.objective(content, engine.style_grams([style], max(content.shape[-2:])))
+    budget = engine.work_budget(content[0, 0].numel())
+    return engine.objective(content, engine.style_grams([style], max(content.shape[-2:]), budget))
 
 
 def evaluator(engine: StyleTransfer, content, style):
@@ -50,7 +51,7 @@ def evaluator(engine: StyleTransfer, content, style):
 
     def value(image) -> float:
         with torch.no_grad():
-            return objective(image, engine.features(image))[0].item()
+            return objective(image, engine.features)[0].item()
 
     return value
 
@@ -66,7 +67,7 @@ def floor_and_evaluation(engine: StyleTransfer, content, style):
         sum(f.sum() for f in engine.vgg(x).values()).backward()
 
     def evaluation() -> None:
-        objective(x, engine.features(x))[0].backward()
+        objective(x, engine.features)[0].backward()
 
     return floor, evaluation
 

@@ -43,14 +43,14 @@ def vgg_flops(engine: StyleTransfer, width: int, height: int) -> float:
 def run(engine: StyleTransfer, content, style, steps: int) -> tuple[float, float, int, bool]:
     """One single-scale optimisation; returns (fp32 objective, seconds, evaluations, finite)."""
     height, width = content.shape[-2:]
-    grams = engine.style_grams([style], max(width, height))
+    grams = engine.style_grams([style], max(width, height), engine.work_budget(width * height))
     objective = engine.objective(content, grams)
     calls = {"n": 0}
     features = engine.features
 
-    def counting(image):
+    def counting(image, tap=None):
         calls["n"] += 1
-        return features(image)
+        return features(image, tap)
 
     engine.features = counting
     finite = {"ok": True}
@@ -70,7 +70,7 @@ def run(engine: StyleTransfer, content, style, steps: int) -> tuple[float, float
     engine.features = features
     autocast, engine.autocast = engine.autocast, False
     with torch.no_grad():
-        value = objective(image, engine.features(image))[0].item()
+        value = objective(image, engine.features)[0].item()
     engine.autocast = autocast
     return value, seconds, calls["n"], finite["ok"] and math.isfinite(value)
 

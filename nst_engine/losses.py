@@ -6,7 +6,7 @@ size and for any weight family; the exact formulas are in ``docs/losses.md``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,15 +15,20 @@ EPS = 1e-8
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Channel correlations ``G[k, k'] = sum_p F[k, p] F[k', p] / P`` in fp32.
+    """Channel correlations ``G[k, k'] = sum_p F[k, p] F[k', p] / P`` in fp32 (or fp64).
 
     ``features`` is ``1×C×H×W``; dividing by the number of positions ``P = H·W``
     makes Grams of images of different sizes comparable. Computed in fp32 even
-    under autocast: fp16 Gram entries overflow.
+    for half-precision features: fp16 Gram entries overflow.
     """
-    _, channels, height, width = features.shape
-    flat = features.reshape(channels, height * width).float()
-    return (flat @ flat.T) / (height * width)
+    flat = _flat(features)
+    return (flat @ flat.T) / flat.shape[1]
+
+
+def _flat(features: torch.Tensor) -> torch.Tensor:
+    """``1×C×H×W`` features as a ``C×P`` matrix of at least fp32 precision."""
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    return features.reshape(features.shape[1], -1).to(dtype)
 
 
 class ContentLoss(nn.Module):
@@ -35,8 +40,41 @@ class ContentLoss(nn.Module):
         self.register_buffer("target", target)
         self.scale = 1.0 / (target.pow(2).sum().item() + EPS)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.float() - self.target).pow(2).sum() * self.scale
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the features unchanged (for the rest of the network) and the loss."""
+        return features, (features.float() - self.target).pow(2).sum() * self.scale
+
+
+class _GramDistance(torch.autograd.Function):
+    """The features unchanged, and ``scale · sum (G - A)^2`` with ``G = F Fᵀ / P``.
+
+    Its backward adds the loss's gradient ``4 · scale / P · (G - A) F`` to the
+    gradient arriving from the layers above, so that C×P gradient is made only when
+    the backward pass reaches this layer, in one matrix product. Plain autograd
+    makes every style layer's gradient at the start of the backward pass and holds
+    them all until the network's gradient arrives (0.5 GB at 1 MP), and spends two
+    products on each.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, target: torch.Tensor, scale: float):
+        ctx.set_materialize_grads(False)
+        with torch.autocast(features.device.type, enabled=False):
+            difference = gram_matrix(features) - target
+        ctx.save_for_backward(features, difference)
+        ctx.factor = 4.0 * scale / features[0, 0].numel()
+        return features.view_as(features), difference.pow(2).sum() * scale
+
+    @staticmethod
+    def backward(ctx, grad_features: torch.Tensor | None, grad_loss: torch.Tensor | None):
+        if grad_loss is None:
+            return grad_features, None, None
+        features, difference = ctx.saved_tensors
+        flat = _flat(features)
+        grad = torch.mm(difference * (ctx.factor * grad_loss), flat)
+        if grad_features is not None:
+            grad += grad_features.reshape(grad.shape)
+        return grad.to(features.dtype).view_as(features), None, None
 
 
 class StyleLoss(nn.Module):
@@ -48,8 +86,9 @@ class StyleLoss(nn.Module):
         self.register_buffer("target", target_gram)
         self.scale = 1.0 / (target_gram.pow(2).sum().item() + EPS)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (gram_matrix(features) - self.target).pow(2).sum() * self.scale
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the features (to be passed on through the network) and the loss."""
+        return _GramDistance.apply(features, self.target, self.scale)
 
 
 class TVLoss(nn.Module):
@@ -106,14 +145,26 @@ class Objective(nn.Module):
         self.tv_weight = tv_weight
 
     def forward(
-        self, image: torch.Tensor, features: Mapping[str, torch.Tensor]
+        self, image: torch.Tensor, network: Callable[..., object]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Returns the total (for backward) and its weighted parts (for reports)."""
-        content = sum(loss(features[name]) for name, loss in self.content.items())
-        style = sum(loss(features[name]) for name, loss in self.style.items()) / len(self.style)
+        """Runs ``network(image, tap)`` (``StyleTransfer.features``) with the content
+        and style losses tapped into the pass at their layers, and returns the
+        total (for backward) and its weighted parts (for reports)."""
+        content, style = [], []
+
+        def tap(name: str, features: torch.Tensor) -> torch.Tensor:
+            if name in self.content:
+                features, loss = self.content[name](features)
+                content.append(loss)
+            if name in self.style:
+                features, loss = self.style[name](features)
+                style.append(loss)
+            return features
+
+        network(image, tap)
         parts = {
-            "content": self.content_weight * content,
-            "style": self.style_weight * style,
+            "content": self.content_weight * sum(content),
+            "style": self.style_weight * sum(style) / len(self.style),
         }
         if self.tv_weight:
             parts["tv"] = self.tv_weight * self.tv(image)

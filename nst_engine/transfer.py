@@ -18,7 +18,7 @@ from . import weights
 from .errors import EngineError, bad_input, cancelled
 from .images import Picture, keep_colors, load_picture, luminance
 from .losses import Objective, blended_grams
-from .vgg import LAYER_NAMES, VGGFeatures, stride
+from .vgg import LAYER_NAMES, Tap, VGGFeatures, stride
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
@@ -26,7 +26,8 @@ MIN_SCALE_SIDE = 128  # coarsest scale's longest side
 MIN_WORK_SIDE = 32  # VGG needs a few pixels left after four poolings
 MIN_TILE_SIDE = 128
 BYTES_PER_PIXEL = 3000.0  # peak memory per working pixel, L-BFGS, fp32
-FIXED_BYTES = 1.0e9  # torch, the network and the images, besides the optimisation
+FIXED_BYTES = 1.0e9  # torch and the network, besides the optimisation ...
+PHOTO_BYTES_PER_PIXEL = 64.0  # ... and ~5 full-size fp32 RGB copies of the photo
 NO_GRAD_BYTES_PER_PIXEL = 800.0  # a forward pass without gradients, style layers kept
 STRIP_MARGIN = 64  # rows of context around a strip; a multiple of VGG19's stride 16
 LBFGS_HISTORY = 50  # curvature pairs L-BFGS keeps, at most ...
@@ -65,7 +66,7 @@ class Settings:
     seed: int = 0
     device: str = "auto"
     weights: str | None = None  # original, torchvision, random, a path; None: NST_WEIGHTS
-    memory_budget: float | None = None  # GB for one optimisation; None: from the device
+    memory_budget: float | None = None  # GB the engine may use; None: from the device
 
     @classmethod
     def from_dict(cls, values: dict) -> Settings:
@@ -208,6 +209,12 @@ def tile_grid(width: int, height: int, side: int, overlap: int) -> list[Tile]:
     return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
 
 
+def tile_overlap(side: int) -> int:
+    """Overlap between neighbouring tiles of ``side`` pixels, and the width over which
+    a tile's result is blended in."""
+    return max(32, side // 6)
+
+
 def blend_ramp(tile: Tile, overlap: int, device: torch.device) -> torch.Tensor:
     """Weight of a tile's result: rising over the overlap with tiles done before it
     (left and above), 1 elsewhere; later tiles blend over its right and bottom edges."""
@@ -285,13 +292,14 @@ class StyleTransfer:
     def max_size(self) -> int:
         return self.settings.max_size or (1024 if self.device.type == "cuda" else 512)
 
-    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """VGG activations; under bf16 autocast on CUDA (losses stay fp32)."""
+    def features(self, image: torch.Tensor, tap: Tap | None = None) -> dict[str, torch.Tensor]:
+        """VGG activations (see ``VGGFeatures.forward``); under bf16 autocast on CUDA
+        (Grams and losses stay fp32)."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            return self.vgg(image)
+            return self.vgg(image, tap)
 
     def memory_budget(self) -> float:
-        """Bytes one optimisation may use: ``memory_budget`` GB, else 80% of free GPU
+        """Bytes the engine may use in all: ``memory_budget`` GB, else 80% of free GPU
         memory, or 40% of the machine's RAM (GIMP holds the same photo, with undo,
         and the rest of the desktop needs room too)."""
         if self.settings.memory_budget is not None:
@@ -304,10 +312,15 @@ class StyleTransfer:
             ram = 8e9
         return 0.4 * ram
 
+    def work_budget(self, pixels: int) -> float:
+        """Bytes left for one optimisation, or one pass for Gram matrices, once torch,
+        the network and the full-size copies of a photo of ``pixels`` are held."""
+        return self.memory_budget() - FIXED_BYTES - PHOTO_BYTES_PER_PIXEL * pixels
+
     def plan(self, width: int, height: int) -> list[Scale]:
         """The scales, each split into overlapping tiles when it would not fit the budget."""
         scales = plan_scales(width, height, self.max_size, self.settings.iterations)
-        budget = self.memory_budget() - FIXED_BYTES
+        budget = self.work_budget(width * height)
         for scale in scales:
             if scale.width * scale.height * BYTES_PER_PIXEL <= budget:
                 continue
@@ -318,32 +331,33 @@ class StyleTransfer:
                     f"the memory budget ({budget / 1e9:.1f} GB free for the work) is too "
                     f"small even for {MIN_TILE_SIDE}-pixel tiles; raise --memory-budget",
                 )
-            scale.tiles = tile_grid(scale.width, scale.height, side, max(32, side // 6))
+            scale.tiles = tile_grid(scale.width, scale.height, side, tile_overlap(side))
         return scales
 
-    def style_grams(self, styles: Sequence[torch.Tensor], side: float) -> dict:
-        """Blended Gram targets of the style images resized to ``style_scale × side``."""
+    def style_grams(self, styles: Sequence[torch.Tensor], side: float, budget: float) -> dict:
+        """Blended Gram targets of the style images resized to ``style_scale × side``,
+        each computed within ``budget`` bytes (see :meth:`grams`)."""
         s = self.settings
         grams = []
         for style in styles:
             factor = side * s.style_scale / max(style.shape[-2:])
             size = (max(MIN_WORK_SIDE, round(style.shape[-1] * factor)),
                     max(MIN_WORK_SIDE, round(style.shape[-2] * factor)))
-            grams.append(self.grams(resize(style, *size)))
+            grams.append(self.grams(resize(style, *size), budget))
         return blended_grams(grams, s.style_blend or (1.0,) * len(styles))
 
-    def grams(self, image: torch.Tensor) -> dict:
+    def grams(self, image: torch.Tensor, budget: float) -> dict:
         """Gram matrices of ``image`` at the style layers.
 
         A large image (a style image enlarged for a full-resolution scale) is run
-        through the network in horizontal strips that fit the memory budget, each
+        through the network in horizontal strips that fit ``budget`` bytes, each
         with ``STRIP_MARGIN`` rows of context above and below whose features are
         dropped; the Gram sums over the strips' own rows. Exact up to what lies
         beyond the margin in the deepest layers' receptive fields.
         """
         layers = self.settings.style_layers
         height, width = image.shape[-2:]
-        rows = int(self.memory_budget() / (NO_GRAD_BYTES_PER_PIXEL * width)) - 2 * STRIP_MARGIN
+        rows = int(budget / (NO_GRAD_BYTES_PER_PIXEL * width)) - 2 * STRIP_MARGIN
         rows = max(STRIP_MARGIN, rows // STRIP_MARGIN * STRIP_MARGIN)
         sums = {name: 0.0 for name in layers}
         positions = dict.fromkeys(layers, 0)
@@ -401,6 +415,7 @@ class StyleTransfer:
         torch.manual_seed(s.seed)
         width, height = content.size
         scales = self.plan(width, height)
+        budget = self.work_budget(width * height)
         full = to_tensor(content.rgb, self.device)
         style_images = [to_tensor(style.rgb, self.device) for style in styles]
         clock = _Clock(scales)
@@ -410,7 +425,7 @@ class StyleTransfer:
                 target = resize(full, scale.width, scale.height)
                 start = self._initial(target) if image is None else resize(
                     image, scale.width, scale.height)
-                grams = self.style_grams(style_images, max(scale.width, scale.height))
+                grams = self.style_grams(style_images, max(scale.width, scale.height), budget)
                 image = start.detach().clamp(0, 1)
                 for tile in scale.regions():
                     image = self._optimise_region(
@@ -458,7 +473,7 @@ class StyleTransfer:
                 region.grad = latest["grad"]
                 return latest["tensor"]
             optimizer.zero_grad(set_to_none=True)
-            loss, parts = objective(region, self.features(region))
+            loss, parts = objective(region, self.features)
             loss.backward()
             latest.update(loss=loss.item(), parts=parts, tensor=loss.detach(),
                           image=region.detach().clone(), grad=region.grad)
@@ -489,7 +504,7 @@ class StyleTransfer:
             region.clamp_(0, 1)  # the range penalty leaves at most tiny excursions
         if not scale.tiles:
             return region.detach()
-        weight = blend_ramp(tile, max(32, (x1 - x0) // 6), self.device)
+        weight = blend_ramp(tile, tile_overlap(x1 - x0), self.device)
         with torch.no_grad():
             old = image[..., y0:y1, x0:x1]
             image[..., y0:y1, x0:x1] = weight * region + (1 - weight) * old

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
+
+Tap = Callable[[str, torch.Tensor], torch.Tensor]
 
 # Channels per block of VGG19's convolutional part.
 _BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -73,6 +76,31 @@ class Normalize(nn.Module):
         return x * self.scale - self.shift
 
 
+class _MaxPool(torch.autograd.Function):
+    """2×2 max pooling that keeps no indices for backward: it finds the maxima again
+    in its input, which the ReLU before it keeps anyway. torch's own pooling holds
+    int64 indices, half the size of its input (0.24 GB over the four poolings at
+    1 MP), for the whole backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.max_pool2d(x, 2, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        _, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+        return F.max_unpool2d(grad, indices, 2, 2, output_size=x.shape[-2:])
+
+
+class MaxPool(nn.Module):
+    """VGG19's pooling (2×2, stride 2), with the leaner backward of ``_MaxPool``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _MaxPool.apply(x)
+
+
 class VGGFeatures(nn.Module):
     """Runs VGG19 up to the deepest requested layer and returns those activations.
 
@@ -98,8 +126,8 @@ class VGGFeatures(nn.Module):
         features.load_state_dict(state_dict)
         modules = list(features.children())[:depth]
         for index, module in enumerate(modules):
-            if isinstance(module, nn.MaxPool2d) and pooling == "avg":
-                modules[index] = nn.AvgPool2d(kernel_size=2, stride=2)
+            if isinstance(module, nn.MaxPool2d):
+                modules[index] = nn.AvgPool2d(2, 2) if pooling == "avg" else MaxPool()
             # An in-place ReLU would overwrite a conv output we return.
             if isinstance(module, nn.ReLU):
                 module.inplace = LAYER_NAMES[index - 1] not in self.layers
@@ -108,12 +136,15 @@ class VGGFeatures(nn.Module):
         self.normalize = Normalize(family)
         self.eval().requires_grad_(False)
 
-    def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, rgb: torch.Tensor, tap: Tap | None = None) -> dict[str, torch.Tensor]:
+        """The requested layers' activations. ``tap(name, x)``, when given, sees each
+        of them during the pass and returns what goes on through the network (the
+        losses use it so that their gradients join the backward pass there)."""
         x = self.normalize(rgb)
         wanted = set(self.layers)
         out = {}
         for name, module in zip(self.names, self.body):
             x = module(x)
             if name in wanted:
-                out[name] = x
+                out[name] = x = tap(name, x) if tap else x
         return out

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from nst_engine.losses import (
+    EPS,
     ContentLoss,
     Objective,
     RangePenalty,
@@ -30,15 +32,42 @@ def test_content_loss_is_squared_error_relative_to_target_energy():
     target = torch.tensor([1.0, 2.0, 2.0, 0.0]).reshape(1, 1, 2, 2)
     current = torch.tensor([1.0, 0.0, 2.0, 1.0]).reshape(1, 1, 2, 2)
     # sum (F-P)^2 = 4 + 1 = 5; sum P^2 = 9
-    assert abs(ContentLoss(target)(current).item() - 5 / 9) < 1e-6
-    assert ContentLoss(target)(target).item() == 0
+    passed_on, loss = ContentLoss(target)(current)
+    assert passed_on is current and abs(loss.item() - 5 / 9) < 1e-6
+    assert ContentLoss(target)(target)[1].item() == 0
 
 
 def test_style_loss_by_hand():
     style = torch.tensor([[1.0, 1], [0, 0]]).reshape(1, 2, 1, 2)  # A = [[1, 0], [0, 0]]
     current = torch.tensor([[1.0, 1], [1, 1]]).reshape(1, 2, 1, 2)  # G = [[1, 1], [1, 1]]
-    loss = StyleLoss(gram_matrix(style))(current)
+    passed_on, loss = StyleLoss(gram_matrix(style))(current)
     assert abs(loss.item() - 3.0) < 1e-6  # sum (G-A)^2 = 3, sum A^2 = 1
+    assert torch.equal(passed_on, current)
+
+
+def _plain_style_loss(features, target):
+    return (gram_matrix(features) - target).pow(2).sum() / (target.pow(2).sum() + EPS)
+
+
+@pytest.mark.parametrize("downstream", [True, False])
+def test_style_loss_gradient_matches_autograd_of_the_formula(downstream):
+    # The fused backward adds the Gram gradient to what arrives from the layers
+    # above (or stands alone when nothing uses the passed-on features).
+    torch.manual_seed(0)
+    target = gram_matrix(torch.rand(1, 4, 5, 6)).double()  # StyleLoss keeps it in fp32
+    weights = torch.rand(1, 4, 5, 6, dtype=torch.float64)
+    x = torch.rand(1, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+
+    def total(loss_module_output, features):
+        passed_on, loss = loss_module_output
+        return 3 * loss + ((passed_on * weights).sum() if downstream else 0)
+
+    fused = torch.autograd.grad(total(StyleLoss(target).double()(x), x), x)[0]
+    expected = torch.autograd.grad(
+        3 * _plain_style_loss(x, target) + ((x * weights).sum() if downstream else 0), x)[0]
+    assert torch.allclose(fused, expected, rtol=1e-6, atol=1e-12)  # scale: fp32 sum
+    assert torch.autograd.gradcheck(
+        lambda f: total(StyleLoss(target).double()(f), f), (x,))
 
 
 def test_tv_loss_by_hand():
@@ -59,8 +88,15 @@ def test_objective_combines_weighted_parts():
     style = {"s": torch.eye(1)}
     objective = Objective(content, style, content_weight=2.0, style_weight=5.0, tv_weight=0.5)
     image = torch.zeros(1, 3, 2, 2)
-    features = {"c": torch.zeros(1, 1, 2, 2), "s": torch.zeros(1, 1, 2, 2)}
-    total, parts = objective(image, features)
+    seen = []
+
+    def network(rgb, tap):  # two layers of zeros, in the order a VGG pass makes them
+        for name in ("c", "s"):
+            seen.append(name)
+            tap(name, torch.zeros(1, 1, 2, 2))
+
+    total, parts = objective(image, network)
+    assert seen == ["c", "s"]
     assert parts == {"content": 2.0, "style": 5.0, "tv": 0.0, "range": 0.0}
     assert abs(total.item() - 7.0) < 1e-6
 

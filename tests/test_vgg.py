@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nst_engine import weights
-from nst_engine.vgg import FEATURE_SHAPES, LAYER_NAMES, Normalize, VGGFeatures
+from nst_engine.vgg import FEATURE_SHAPES, LAYER_NAMES, MaxPool, Normalize, VGGFeatures
 
 
 def test_layer_names_follow_vgg19():
@@ -27,6 +27,20 @@ def test_conv_output_is_not_overwritten_by_inplace_relu():
     model = VGGFeatures(state, family, ["conv2_1"])
     out = model(torch.rand(1, 3, 16, 16))["conv2_1"]
     assert (out < 0).any(), "a conv output must keep its negative values"
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+def test_max_pool_matches_torch_forward_and_backward(size):
+    # The pool finds its maxima again in backward instead of keeping indices.
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, *size, requires_grad=True)
+    upstream = torch.randn(1, 3, size[0] // 2, size[1] // 2)
+    ours = MaxPool()(x)
+    (ours * upstream).sum().backward()
+    ours_grad, x.grad = x.grad, None
+    theirs = torch.nn.functional.max_pool2d(x, 2, 2)
+    (theirs * upstream).sum().backward()
+    assert torch.equal(ours, theirs) and torch.equal(ours_grad, x.grad)
 
 
 def test_avg_pooling_and_unknown_layer():
