@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from nst_engine import Settings, StyleTransfer, load_picture, weights
-from nst_engine.transfer import resize, to_tensor
+from nst_engine.transfer import lbfgs_history, plan_scales, resize, to_tensor
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "images"
@@ -129,13 +129,18 @@ def content_picture_at(picture, tensor):
     return Picture(to_array(tensor))
 
 
-def peak_rss(megapixels: float, content: Path, style: Path) -> tuple[int, float]:
-    """Peak RSS (GiB) of a whole CLI run whose working size has this many megapixels.
+def peak_rss(megapixels: float, content: Path, style: Path) -> tuple[int, int, float]:
+    """Peak RSS (GiB) of a whole CLI run whose working size has this many megapixels;
+    returns the side, the iterations and the peak.
 
     The photo is first enlarged (or reduced) to exactly that size, so the working
-    size is not capped by the sample photo's own size.
+    size is not capped by the sample photo's own size. Every scale gets two steps
+    more than L-BFGS keeps curvature pairs, so the top scale runs with its history
+    full, as in a real run.
     """
     side = round((megapixels * 1e6) ** 0.5)
+    scales = len(plan_scales(side, side, side, 10**6))
+    iterations = scales * (lbfgs_history(3 * side * side) + 2)
     with tempfile.TemporaryDirectory() as tmp:
         photo = Image.open(content).convert("RGB").resize((side, side), Image.LANCZOS)
         photo.save(f"{tmp}/photo.png")
@@ -147,9 +152,9 @@ def peak_rss(megapixels: float, content: Path, style: Path) -> tuple[int, float]
         out = subprocess.run(
             [sys.executable, "-c", code, sys.executable, "-m", "nst_engine", "stylize",
              f"{tmp}/photo.png", str(style), "-o", f"{tmp}/o.png", "--max-size", str(side),
-             "--iterations", "2", "--device", "cpu", "--progress", "none"],
+             "--iterations", str(iterations), "--device", "cpu", "--progress", "none"],
             capture_output=True, text=True, check=True)
-    return side, int(out.stdout.strip().splitlines()[-1]) / 1024 / 1024
+    return side, iterations, int(out.stdout.strip().splitlines()[-1]) / 1024 / 1024
 
 
 def main() -> None:
@@ -203,8 +208,10 @@ def write_results(args, rows, memory) -> None:
             f"{'–' if reach is None else format(reach / r['ref_time'], '.2f')} | "
             f"{r['engine_total']:.1f} | {r['engine_final']:.4f} |")
     lines += ["", "## Peak memory (whole CLI run, RSS)", "",
-              "| working size (MP) | pixels | peak RSS (GiB) |", "|---|---|---|"]
-    lines += [f"| {mp} | {side}×{side} | {gb:.2f} |" for mp, (side, gb) in memory]
+              "| working size (MP) | pixels | iterations | peak RSS (GiB) | peak RSS (GB) |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {mp} | {side}×{side} | {n} | {gib:.2f} | {gib * 2**30 / 1e9:.2f} |"
+              for mp, (side, n, gib) in memory]
     old = args.out.read_text() if args.out.exists() else ""
     # the hand-written analysis below the mark survives a rerun
     notes = "\n" + old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""

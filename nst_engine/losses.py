@@ -31,14 +31,18 @@ def _flat(features: torch.Tensor) -> torch.Tensor:
     return features.reshape(features.shape[1], -1).to(dtype)
 
 
-class ContentLoss(nn.Module):
-    """``sum (F - P)^2 / sum P^2``: squared feature error relative to the photo's energy."""
+class _RelativeLoss(nn.Module):
+    """Holds a target and ``scale = 1 / sum target^2``: its loss is a relative error."""
 
     def __init__(self, target: torch.Tensor) -> None:
         super().__init__()
         target = target.detach().float()
         self.register_buffer("target", target)
         self.scale = 1.0 / (target.pow(2).sum().item() + EPS)
+
+
+class ContentLoss(_RelativeLoss):
+    """``sum (F - P)^2 / sum P^2``: squared feature error relative to the photo's energy."""
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the features unchanged (for the rest of the network) and the loss."""
@@ -77,14 +81,9 @@ class _GramDistance(torch.autograd.Function):
         return grad.to(features.dtype).view_as(features), None, None
 
 
-class StyleLoss(nn.Module):
-    """``sum (G - A)^2 / sum A^2`` for one layer, ``A`` the style's (blended) Gram matrix."""
-
-    def __init__(self, target_gram: torch.Tensor) -> None:
-        super().__init__()
-        target_gram = target_gram.detach().float()
-        self.register_buffer("target", target_gram)
-        self.scale = 1.0 / (target_gram.pow(2).sum().item() + EPS)
+class StyleLoss(_RelativeLoss):
+    """``sum (G - A)^2 / sum A^2`` for one layer, ``A`` the style's (blended) Gram matrix
+    (the target)."""
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the features (to be passed on through the network) and the loss."""
