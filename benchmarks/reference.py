@@ -23,8 +23,13 @@ def vgg(state: dict) -> torch.nn.Sequential:
     return net[:30].eval().requires_grad_(False)
 
 
+def normalize(rgb):
+    """RGB in [0, 1] to the original VGG19's input: BGR, 0-255, mean pixel subtracted."""
+    return rgb.flip(1) * 255 - MEAN_BGR
+
+
 def activations(net, rgb):
-    x = rgb.flip(1) * 255 - MEAN_BGR
+    x = normalize(rgb)
     out = {}
     for index, layer in enumerate(net):
         x = layer(x)
