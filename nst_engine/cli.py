@@ -72,7 +72,7 @@ def _add_stylize(sub) -> None:
     quality.add_argument("--memory-budget", type=float, metavar="GB",
                          help="memory the engine may use in all; working sizes that would "
                          "need more are worked on in overlapping tiles (default: 80%% of the "
-                         "GPU's free memory, or 40%% of the computer's RAM)")
+                         "GPU's free memory, or a third of the computer's RAM)")
     quality.add_argument("--seed", type=int, default=0,
                          help="the same seed gives the same result again on the CPU")
     expert = p.add_argument_group("expert settings (docs/losses.md)")
