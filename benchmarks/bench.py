@@ -10,6 +10,7 @@ Timings on a shared machine are noisy: it reports medians and ratios from one ru
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import subprocess
@@ -30,14 +31,17 @@ SHARED = HERE.parent.parent / "shared" / "images"
 NOTES_MARK = "<!-- notes: kept by bench.py -->"
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(first, second, repeats: int) -> list[tuple[float, float]]:
+    """Times the two calls alternately (after one warm-up each), so that both see the
+    same load on a shared machine; one (first, second) pair per repeat."""
+    first(), second()
+    return [(timed(first), timed(second)) for _ in range(repeats)]
 
 
 def objective_at(engine: StyleTransfer, content, style):
@@ -74,7 +78,7 @@ def floor_and_evaluation(engine: StyleTransfer, content, style):
 
 
 def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> dict:
-    engine = StyleTransfer(Settings(max_size=size, iterations=steps, device="cpu"))
+    engine = StyleTransfer(Settings(max_size=size, device="cpu"))
     w, h = content_pic.size
     scale = size / max(w, h)
     full = to_tensor(content_pic.rgb, engine.device)
@@ -82,8 +86,7 @@ def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> d
     style = to_tensor(style_pic.rgb, engine.device)
 
     floor, engine_eval = floor_and_evaluation(engine, content, style)
-    floor_s = median_time(floor, repeats)
-    engine_eval_s = median_time(engine_eval, repeats)
+    pairs = interleaved(floor, engine_eval, repeats)
 
     # The reference: full run, then one shared evaluator at the final size.
     state, _ = weights.load("original")
@@ -92,28 +95,40 @@ def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> d
     evaluate = evaluator(engine, content, style)
     initial = evaluate(content)
     ref_final = evaluate(ref_image)
-    ref_step = ref_time / steps
 
-    # The engine, multi-scale: time until its top-scale objective reaches the reference's.
-    reached = {"t": None, "steps": 0}
-    top_steps = []
+    # The engine's default multi-scale run: time until its top-scale objective reaches
+    # the reference's. After each top-scale step one floor pass is timed (and its time
+    # taken off the engine's clock), so steps and floor are compared under one load.
+    reached = {"t": None}
+    top = []  # (engine seconds so far, floor seconds right after that step)
+    floor_spent = 0.0
 
     def on_step(p):
-        if p.scale == p.scales:
-            top_steps.append(p.elapsed)
-            if reached["t"] is None and p.loss <= ref_final:
-                reached["t"], reached["steps"] = p.elapsed, p.step
+        nonlocal floor_spent
+        if p.scale != p.scales:
+            return
+        elapsed = p.elapsed - floor_spent
+        if reached["t"] is None and p.loss <= ref_final:
+            reached["t"] = elapsed
+        floor_s = timed(floor)
+        floor_spent += floor_s
+        top.append((elapsed, floor_s))
     started = time.perf_counter()
     result = engine.stylize(content_picture_at(content_pic, content), [style_pic], on_step)
-    engine_total = time.perf_counter() - started
+    engine_total = time.perf_counter() - started - floor_spent
     engine_final = evaluate(to_tensor(result.rgb, engine.device))
-    engine_step = statistics.median(b - a for a, b in zip(top_steps, top_steps[1:]))
+    # step i+1 ran right after floor pass i
+    step_ratios = [(b - a) / f for (a, f), (b, _) in zip(top, top[1:])]
     return {
-        "size": f"{content.shape[-1]}×{content.shape[-2]}", "floor_ms": floor_s * 1000,
-        "engine_eval_ms": engine_eval_s * 1000, "engine_step_ms": engine_step * 1000,
-        "ref_step_ms": ref_step * 1000, "ref_time": ref_time, "ref_final": ref_final,
-        "engine_reach": reached["t"], "engine_reach_step": reached["steps"],
-        "engine_total": engine_total, "engine_final": engine_final, "steps": steps,
+        "size": f"{content.shape[-1]}×{content.shape[-2]}",
+        "floor_ms": statistics.median(f for f, _ in pairs) * 1000,
+        "engine_eval_ms": statistics.median(e for _, e in pairs) * 1000,
+        "eval_ratio": statistics.median(e / f for f, e in pairs),
+        "engine_step_ms": statistics.median(b - a for (a, _), (b, _) in zip(top, top[1:])) * 1000,
+        "step_ratio": statistics.median(step_ratios), "top_steps": len(top),
+        "ref_step_ms": ref_time / steps * 1000, "ref_time": ref_time, "ref_final": ref_final,
+        "engine_reach": reached["t"], "engine_total": engine_total,
+        "engine_final": engine_final, "steps": steps, "iterations": engine.settings.iterations,
         "initial": initial,
     }
 
@@ -135,13 +150,14 @@ def peak_rss(megapixels: float, content: Path, style: Path) -> tuple[int, int, f
     returns the side, the iterations and the peak.
 
     The photo is first enlarged (or reduced) to exactly that size, so the working
-    size is not capped by the sample photo's own size. Every scale gets two steps
-    more than L-BFGS keeps curvature pairs, so the top scale runs with its history
-    full, as in a real run.
+    size is not capped by the sample photo's own size. The run is the shortest whose
+    top scale gets two steps more than L-BFGS keeps curvature pairs, so the top
+    scale runs with its history full, as in a real run.
     """
     side = round((megapixels * 1e6) ** 0.5)
-    scales = len(plan_scales(side, side, side, 10**6))
-    iterations = scales * (lbfgs_history(3 * side * side) + 2)
+    needed = lbfgs_history(3 * side * side) + 2
+    iterations = next(n for n in itertools.count(1)
+                      if plan_scales(side, side, side, n)[-1].steps >= needed)
     with tempfile.TemporaryDirectory() as tmp:
         photo = Image.open(content).convert("RGB").resize((side, side), Image.LANCZOS)
         photo.save(f"{tmp}/photo.png")
@@ -187,19 +203,23 @@ def write_results(args, rows, memory) -> None:
         f"on {args.content.name} (content) and {args.style.name} (style), real VGG19 "
         "(original weights), default settings (style strength 0.5).", "",
         "## Time per step", "",
+        "Medians of ratios of calls timed alternately: evaluation and floor in turns; "
+        "each L-BFGS step at the top scale of the engine's run followed by one floor pass.",
+        "",
         "| size | floor f+b (ms) | engine evaluation (ms) | evaluation / floor "
-        "| engine L-BFGS step (ms, median) | step / floor | reference step (ms, mean) |",
+        "| engine L-BFGS step (ms) | step / floor | reference step (ms, mean) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['size']} | {r['floor_ms']:.0f} | {r['engine_eval_ms']:.0f} | "
-            f"{r['engine_eval_ms'] / r['floor_ms']:.2f} | {r['engine_step_ms']:.0f} | "
-            f"{r['engine_step_ms'] / r['floor_ms']:.2f} | {r['ref_step_ms']:.0f} |")
+            f"{r['eval_ratio']:.2f} | {r['engine_step_ms']:.0f} | "
+            f"{r['step_ratio']:.2f} ({r['top_steps'] - 1} steps) | {r['ref_step_ms']:.0f} |")
     lines += ["", "## Time to the reference's final objective", "",
               "| size | J of the photo | reference steps | reference time (s) | reference final J"
-              " | engine reaches it at (s) | ratio | engine full run (s) | engine final J |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              " | engine reaches it at (s) | ratio | engine iterations | engine full run (s) "
+              "| engine final J |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reach = r["engine_reach"]
         lines.append(
@@ -207,7 +227,7 @@ def write_results(args, rows, memory) -> None:
             f"{r['ref_final']:.4f} | "
             f"{'not reached' if reach is None else f'{reach:.1f}'} | "
             f"{'–' if reach is None else format(reach / r['ref_time'], '.2f')} | "
-            f"{r['engine_total']:.1f} | {r['engine_final']:.4f} |")
+            f"{r['iterations']} | {r['engine_total']:.1f} | {r['engine_final']:.4f} |")
     lines += ["", "## Peak memory (whole CLI run, RSS)", "",
               "| working size (MP) | pixels | iterations | peak RSS (GiB) | peak RSS (GB) |",
               "|---|---|---|---|---|"]

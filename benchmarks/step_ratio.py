@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-from bench import SHARED, floor_and_evaluation
+from bench import SHARED, floor_and_evaluation, interleaved
 
 from nst_engine import Settings, StyleTransfer, load_picture
 from nst_engine.transfer import resize, to_tensor
@@ -30,13 +29,7 @@ def main() -> None:
     style = to_tensor(load_picture(SHARED / "mosaic.jpg").rgb, engine.device)
     floor, evaluation = floor_and_evaluation(engine, content, style)
 
-    def timed(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    floor(), evaluation()  # warm-up
-    pairs = [(timed(floor), timed(evaluation)) for _ in range(args.repeats)]
+    pairs = interleaved(floor, evaluation, args.repeats)
     ratios = [e / f for f, e in pairs]
     print(f"{args.size} px, {torch.get_num_threads()} threads: floor "
           f"{statistics.median(f for f, _ in pairs) * 1000:.0f} ms, evaluation "

@@ -58,9 +58,9 @@ def _add_stylize(sub) -> None:
     look.add_argument("--tv-weight", type=float, default=0.0, metavar="W",
                       help="smoothing against fine noise; try 1 to 10 (default 0, off)")
     quality = p.add_argument_group("quality and speed")
-    quality.add_argument("--iterations", type=int, default=300, metavar="N",
-                         help="optimisation steps over all scales: more is cleaner but slower "
-                         "(default 300)")
+    quality.add_argument("--iterations", type=int, default=Settings.iterations, metavar="N",
+                         help="optimisation steps over all scales, about half at the full "
+                         "working size: more is cleaner but slower (default %(default)s)")
     quality.add_argument("--max-size", type=int, metavar="PX",
                          help="longest side, in pixels, at which the painting is worked out; "
                          "the result is then enlarged to full size. Larger shows finer "

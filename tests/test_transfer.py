@@ -108,15 +108,21 @@ def test_nan_loss_is_reported(photo, painting, monkeypatch):
 
 
 def test_plan_scales_coarse_to_fine():
-    scales = plan_scales(1080, 720, 512, 300)
+    scales = plan_scales(1080, 720, 512, 200)
     assert [s.width for s in scales] == [128, 256, 512]
     assert [s.height for s in scales] == [85, 171, 341]
-    assert sum(s.steps for s in scales) == 300
-    assert [s.steps for s in scales] == [100, 100, 100]  # most steps below the top scale
-    assert [s.steps for s in plan_scales(1080, 720, 512, 10)] == [4, 3, 3]
-    # max size above the photo: full resolution; tiny budget: every scale still runs
+    assert [s.steps for s in scales] == [29, 57, 114]  # halving towards the coarsest
+    assert [s.steps for s in plan_scales(1080, 720, 512, 10)] == [2, 3, 5]
+    # max size above the photo: full resolution
     assert plan_scales(300, 200, 4096, 10)[-1].width == 300
-    assert all(s.steps >= 1 for s in plan_scales(4000, 3000, 2048, 5))
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 5, 7, 8, 9, 10, 100, 301, 5000])
+@pytest.mark.parametrize("size", [100, 512, 1024, 6000, 30000])
+def test_plan_scales_runs_every_scale_and_all_iterations(size, iterations):
+    steps = [s.steps for s in plan_scales(size, size, size, iterations)]
+    assert sum(steps) == iterations and min(steps) >= 1
+    assert steps == sorted(steps)  # never more steps at a coarser scale
     # a long thin strip keeps a workable short side
     assert min(plan_scales(2000, 40, 512, 10)[0].height, 32) == 32
 

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from nst_engine import weights
-from nst_engine.vgg import FEATURE_SHAPES, LAYER_NAMES, MaxPool, Normalize, VGGFeatures
+from nst_engine.vgg import (
+    FEATURE_SHAPES,
+    LAYER_NAMES,
+    MaxPool,
+    Normalize,
+    VGGFeatures,
+    build_features,
+)
 
 
 def test_layer_names_follow_vgg19():
@@ -41,6 +48,34 @@ def test_max_pool_matches_torch_forward_and_backward(size):
     theirs = torch.nn.functional.max_pool2d(x, 2, 2)
     (theirs * upstream).sum().backward()
     assert torch.equal(ours, theirs) and torch.equal(ours_grad, x.grad)
+
+
+@pytest.mark.parametrize("layers", [["relu1_1", "relu2_1", "relu3_1", "relu4_2", "relu5_1"],
+                                    ["conv1_2", "relu2_2", "pool3"]])
+def test_features_and_gradient_match_stock_layers(layers):
+    # In-place ReLUs and the index-free pooling: the same activations and image
+    # gradient as torchvision's stock layers, odd sizes included.
+    state, family = weights.load("random")
+    model = VGGFeatures(state, family, layers)
+    stock = build_features()
+    stock.load_state_dict(state)
+    torch.manual_seed(1)
+    rgb = torch.rand(1, 3, 45, 38, requires_grad=True)
+    ours = model(rgb)
+    weights_out = {name: torch.randn_like(out) for name, out in ours.items()}
+    sum((out * weights_out[name]).sum() for name, out in ours.items()).backward()
+    ours_grad, rgb.grad = rgb.grad, None
+    x, theirs = model.normalize(rgb), {}
+    for name, module in zip(LAYER_NAMES, stock):
+        x = module(x)
+        if name in layers:
+            theirs[name] = x.clone()  # an in-place ReLU may change x next
+        if len(theirs) == len(layers):
+            break
+    sum((theirs[n] * weights_out[n]).sum() for n in layers).backward()
+    for name in layers:
+        torch.testing.assert_close(ours[name], theirs[name])
+    torch.testing.assert_close(ours_grad, rgb.grad)
 
 
 def test_avg_pooling_and_unknown_layer():

@@ -194,7 +194,7 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             0.0, 1.0, 0.5, flags)
         procedure.add_int_argument(
             "iterations", "It_erations", "More steps give a cleaner result but take longer",
-            1, 5000, 300, flags)
+            1, 5000, 200, flags)
         procedure.add_int_argument(
             "max-size", "_Max size",
             "Longest side (pixels) at which the style is worked out; larger shows finer "
