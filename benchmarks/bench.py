@@ -99,17 +99,17 @@ def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> d
     # The engine's default multi-scale run: time until its top-scale objective reaches
     # the reference's. After each top-scale step one floor pass is timed (and its time
     # taken off the engine's clock), so steps and floor are compared under one load.
-    reached = {"t": None}
+    reached = None
     top = []  # (engine seconds so far, floor seconds right after that step)
     floor_spent = 0.0
 
     def on_step(p):
-        nonlocal floor_spent
+        nonlocal floor_spent, reached
         if p.scale != p.scales:
             return
         elapsed = p.elapsed - floor_spent
-        if reached["t"] is None and p.loss <= ref_final:
-            reached["t"] = elapsed
+        if reached is None and p.loss <= ref_final:
+            reached = elapsed
         floor_s = timed(floor)
         floor_spent += floor_s
         top.append((elapsed, floor_s))
@@ -117,17 +117,18 @@ def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> d
     result = engine.stylize(content_picture_at(content_pic, content), [style_pic], on_step)
     engine_total = time.perf_counter() - started - floor_spent
     engine_final = evaluate(to_tensor(result.rgb, engine.device))
-    # step i+1 ran right after floor pass i
-    step_ratios = [(b - a) / f for (a, f), (b, _) in zip(top, top[1:])]
+    # (duration of step i+1, the floor pass timed just before it)
+    steps_and_floors = [(b - a, f) for (a, f), (b, _) in zip(top, top[1:])]
     return {
         "size": f"{content.shape[-1]}×{content.shape[-2]}",
         "floor_ms": statistics.median(f for f, _ in pairs) * 1000,
         "engine_eval_ms": statistics.median(e for _, e in pairs) * 1000,
         "eval_ratio": statistics.median(e / f for f, e in pairs),
-        "engine_step_ms": statistics.median(b - a for (a, _), (b, _) in zip(top, top[1:])) * 1000,
-        "step_ratio": statistics.median(step_ratios), "top_steps": len(top),
+        "engine_step_ms": statistics.median(d for d, _ in steps_and_floors) * 1000,
+        "step_ratio": statistics.median(d / f for d, f in steps_and_floors),
+        "top_steps": len(top),
         "ref_step_ms": ref_time / steps * 1000, "ref_time": ref_time, "ref_final": ref_final,
-        "engine_reach": reached["t"], "engine_total": engine_total,
+        "engine_reach": reached, "engine_total": engine_total,
         "engine_final": engine_final, "steps": steps, "iterations": engine.settings.iterations,
         "initial": initial,
     }

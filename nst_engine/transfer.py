@@ -180,10 +180,11 @@ def plan_scales(width: int, height: int, max_size: int, iterations: int) -> list
     sides = [top]
     while sides[-1] / 2 >= MIN_SCALE_SIDE:
         sides.append(sides[-1] / 2)
-    sides = sides[: max(1, iterations)][::-1]
-    extra = max(1, iterations) - len(sides)  # the steps left once each scale has one
+    iterations = max(1, iterations)
+    sides = sides[:iterations][::-1]
+    extra = iterations - len(sides)  # the steps left once each scale has one
     steps = [1 + extra * 2**i // (2 ** len(sides) - 1) for i in range(len(sides) - 1)]
-    steps.append(max(1, iterations) - sum(steps))
+    steps.append(iterations - sum(steps))
     scales = []
     for side, count in zip(sides, steps):
         factor = side / longest
