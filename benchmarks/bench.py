@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from nst_engine import Settings, StyleTransfer, load_picture, weights
-from nst_engine.transfer import lbfgs_history, plan_scales, resize, to_tensor
+from nst_engine.planning import lbfgs_history, plan_scales
+from nst_engine.transfer import resize, to_tensor
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "images"
@@ -114,7 +115,7 @@ def bench_size(size: int, steps: int, repeats: int, content_pic, style_pic) -> d
         floor_spent += floor_s
         top.append((elapsed, floor_s))
     started = time.perf_counter()
-    result = engine.stylize(content_picture_at(content_pic, content), [style_pic], on_step)
+    result = engine.stylize(content_picture_at(content_pic, content), [style_pic], on_step).picture
     engine_total = time.perf_counter() - started - floor_spent
     engine_final = evaluate(to_tensor(result.rgb, engine.device))
     # (duration of step i+1, the floor pass timed just before it)

@@ -4,7 +4,7 @@
 
 Runs the plug-in once on a 6000×4000 RGBA layer with one step at 64 px (random
 weights), so nearly all the time is the plug-in's and the engine's fixed costs, and
-prints the plug-in's timing marks (NST_PLUGIN_TIMINGS).
+prints when the plug-in saw each kind of engine event (NST_PLUGIN_TIMINGS).
 """
 
 import re

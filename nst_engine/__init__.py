@@ -2,10 +2,11 @@
 
 from .errors import EngineError
 from .images import Picture, load_picture, save_picture
-from .transfer import Progress, Settings, StyleTransfer
+from .settings import Settings
+from .transfer import Control, Iterate, Result, StyleTransfer
 
 __all__ = [
-    "EngineError", "Picture", "Progress", "Settings", "StyleTransfer",
+    "Control", "EngineError", "Iterate", "Picture", "Result", "Settings", "StyleTransfer",
     "load_picture", "save_picture",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

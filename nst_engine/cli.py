@@ -6,17 +6,19 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 
 from . import __version__, weights
 from .errors import EXIT_CODES, EngineError
 from .images import check_output_path, load_picture, save_picture
-from .protocol import error_event, progress_event, run_request, stdout_emitter, watch_stdin
-from .transfer import CONTENT_LAYER, STYLE_LAYERS, Progress, Settings, StyleTransfer
+from .protocol import Job, error_event, job_from_request, run_job, stdout_emitter, watch_stdin
+from .settings import DEFAULTS, KNOBS, Settings
+from .transfer import Control
 
 PROG = "nst-engine"
+GROUPS = {"look": "the look", "quality": "quality and speed",
+          "expert": "expert settings (docs/losses.md)"}
 
 
 def _floats(text: str) -> list[float]:
@@ -28,6 +30,30 @@ def _floats(text: str) -> list[float]:
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+LIST_PARSERS = {"style_blend": _floats, "style_layers": _names}
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One option per field of :class:`Settings`, with its help, range and default."""
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    for name, meta in KNOBS.items():
+        default = DEFAULTS[name]
+        text = meta["help"].replace("%", "%%")
+        options = {"dest": name, "default": None}
+        if meta["kind"] is bool:
+            options["action"] = argparse.BooleanOptionalAction
+            text += f" (default {'on' if default else 'off'})"
+        elif meta["kind"] is tuple:
+            options.update(type=LIST_PARSERS[name], metavar=meta["metavar"])
+            if default:
+                text += f" (default {','.join(default)})"
+        else:
+            options.update(type=meta["kind"], metavar=meta["metavar"], choices=meta["choices"])
+            if default is not None:
+                text += f" (default {default})"
+        groups[meta["group"]].add_argument("--" + name.replace("_", "-"), help=text, **options)
 
 
 def _add_stylize(sub) -> None:
@@ -42,70 +68,11 @@ def _add_stylize(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="where to write the result: .png, .tif or .jpg (16-bit input stays "
                    "16-bit in PNG and TIFF)")
-    look = p.add_argument_group("the look")
-    look.add_argument("--style-strength", type=float, default=0.5, metavar="S",
-                      help="0 keeps the photo almost as it is, 1 lets the painting take over "
-                      "(default 0.5)")
-    look.add_argument("--preserve-colors", action="store_true",
-                      help="keep your photo's colours; take only the painting's textures and "
-                      "brightness patterns")
-    look.add_argument("--style-scale", type=float, default=1.0, metavar="F",
-                      help="size of the painting's brush strokes relative to the photo: below "
-                      "1 gives finer strokes, above 1 bolder ones (default 1)")
-    look.add_argument("--style-blend", type=_floats, metavar="W1,W2,…",
-                      help="how much each style image counts when several are given "
-                      "(default: equally)")
-    look.add_argument("--tv-weight", type=float, default=0.0, metavar="W",
-                      help="smoothing against fine noise; try 1 to 10 (default 0, off)")
-    quality = p.add_argument_group("quality and speed")
-    quality.add_argument("--iterations", type=int, default=Settings.iterations, metavar="N",
-                         help="optimisation steps over all scales, about half at the full "
-                         "working size: more is cleaner but slower (default %(default)s)")
-    quality.add_argument("--max-size", type=int, metavar="PX",
-                         help="longest side, in pixels, at which the painting is worked out; "
-                         "the result is then enlarged to full size. Larger shows finer "
-                         "detail but needs more time and memory (default 1024 on a GPU, "
-                         "512 on the CPU; at or above the photo's size: full resolution)")
-    quality.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"),
-                         help="where to compute: auto picks an NVIDIA GPU, then Apple's GPU, "
-                         "then the processor (default auto)")
-    quality.add_argument("--memory-budget", type=float, metavar="GB",
-                         help="memory the engine may use in all; working sizes that would "
-                         "need more are worked on in overlapping tiles (default: 80%% of the "
-                         "GPU's free memory, or a third of the computer's RAM)")
-    quality.add_argument("--seed", type=int, default=0,
-                         help="the same seed gives the same result again on the CPU")
-    expert = p.add_argument_group("expert settings (docs/losses.md)")
-    expert.add_argument("--content-weight", type=float, default=1.0, metavar="ALPHA",
-                        help="alpha, the weight of the content loss (default 1)")
-    expert.add_argument("--style-weight", type=float, metavar="BETA",
-                        help="beta, the weight of the style loss; overrides --style-strength")
-    expert.add_argument("--content-layer", default=CONTENT_LAYER,
-                        help=f"VGG19 layer for content (default {CONTENT_LAYER})")
-    expert.add_argument("--style-layers", type=_names, default=list(STYLE_LAYERS),
-                        metavar="L1,L2,…", help="VGG19 layers for style "
-                        f"(default {','.join(STYLE_LAYERS)})")
-    expert.add_argument("--init", default="content", metavar="content|noise|FILE",
-                        help="start from the photo (default), from noise, or from an image")
-    expert.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adam"),
-                        help="L-BFGS (default, best quality) or Adam (less memory)")
-    expert.add_argument("--learning-rate", type=float, default=0.02,
-                        help="Adam's step size (default 0.02)")
-    expert.add_argument("--pooling", default="max", choices=("max", "avg"),
-                        help="VGG pooling; avg gives smoother results (default max)")
-    expert.add_argument("--weights", metavar="original|torchvision|random|FILE",
-                        help="network weights (default: $NST_WEIGHTS or original)")
+    _add_settings(p)
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
-                   help="bar: a progress bar on the terminal; json: one JSON object per line "
-                   "on stdout, for programs (default: bar on a terminal)")
-
-
-SETTING_ARGS = (
-    "iterations", "max_size", "style_strength", "content_weight", "style_weight",
-    "tv_weight", "content_layer", "style_layers", "style_blend", "style_scale",
-    "preserve_colors", "init", "optimizer", "learning_rate", "pooling", "seed", "device",
-    "weights", "memory_budget",
-)
+                   help="bar: a progress bar on the terminal; json: the protocol's events "
+                   "(docs/protocol.md), one JSON object per line on stdout, for programs "
+                   "(default: bar on a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,23 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Bar:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr, drawn from the run's events."""
 
-    def __call__(self, p: Progress) -> None:
-        done = int(30 * p.step / p.total)
-        eta = f"{int(p.eta // 60)}:{int(p.eta % 60):02d}"
+    def __call__(self, event: dict) -> None:
+        if event["event"] != "progress":
+            return
+        done = int(30 * event["fraction"])
+        eta = event["eta_s"]
         sys.stderr.write(
-            f"\rscale {p.scale}/{p.scales} {p.width}×{p.height} "
-            f"[{'#' * done}{'.' * (30 - done)}] {p.step}/{p.total} "
-            f"loss {p.loss:.4g}  ETA {eta} "
+            f"\rscale {event['scale']}/{event['scales']} {event['width']}×{event['height']} "
+            f"[{'#' * done}{'.' * (30 - done)}] {event['step']}/{event['total']} "
+            f"loss {event['loss']:.4g}  ETA {int(eta // 60)}:{int(eta % 60):02d} "
         )
-        if p.step == p.total:
-            sys.stderr.write("\n")
         sys.stderr.flush()
 
 
-def _stylize(args, cancel: threading.Event) -> int:
-    values = {key: getattr(args, key) for key in SETTING_ARGS}
+def _stylize(args, control: Control) -> int:
+    values = {key: getattr(args, key) for key in KNOBS if getattr(args, key) is not None}
     settings = Settings.from_dict(values)
     output = check_output_path(args.output)
     content = load_picture(args.content, "photo")
@@ -159,14 +126,11 @@ def _stylize(args, cancel: threading.Event) -> int:
     mode = args.progress
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"
-    emit = stdout_emitter()
-    callback = {"bar": _Bar(), "json": lambda p: emit(progress_event(p)), "none": None}[mode]
-    engine = StyleTransfer(settings)
-    result = engine.stylize(content, styles, callback, cancel)
-    save_picture(result, output)
-    if mode == "json":
-        emit({"event": "result", "path": str(output)})
-    else:
+    emit = {"bar": _Bar(), "json": stdout_emitter(), "none": lambda event: None}[mode]
+    run_job(Job(content, styles, settings, output, save_picture), emit, control)
+    if mode == "bar":
+        sys.stderr.write("\n")
+    if mode != "json":
         print(f"wrote {output}", file=sys.stderr)
     return 0
 
@@ -205,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; every failure becomes one line on stderr and a distinct exit code."""
     warnings.formatwarning = _format_warning
     args = build_parser().parse_args(argv)
-    cancel = threading.Event()
+    control = Control()
 
     def on_signal(signum, frame) -> None:
-        cancel.set()
+        control.cancel.set()
         signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
 
     signal.signal(signal.SIGINT, on_signal)
@@ -216,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     emit = stdout_emitter()
     try:
         if args.command == "stylize":
-            return _stylize(args, cancel)
+            return _stylize(args, control)
         if args.command == "weights":
             return _weights(args)
-        watch_stdin(cancel, EXIT_CODES["cancelled"])
-        run_request(args.request, emit, cancel)
+        watch_stdin(control, EXIT_CODES["cancelled"])
+        run_job(job_from_request(args.request), emit, control)
         return 0
     except EngineError as error:
         return _fail(args, emit, error)

@@ -1,9 +1,11 @@
-"""The engine side of the plug-in protocol (specified in ``docs/protocol.md``).
+"""The run path and its events, shared by ``stylize`` and the plug-in protocol.
 
-The plug-in writes the layer as a float32 ``.npy`` and a JSON request into a
-private folder, then runs ``python -m nst_engine run-request REQUEST``. The engine
-answers with one JSON object per line on stdout and writes the result array
-atomically. Closing its stdin or SIGTERM cancels it.
+``docs/protocol.md`` specifies the protocol: the plug-in writes the layer as a
+float32 ``.npy`` and a JSON request into a private folder and runs
+``python -m nst_engine run-request REQUEST``; the engine answers with one JSON
+event per line on stdout, reads ``finish``/``cancel`` lines on stdin, and writes
+the result atomically. ``nst-engine stylize`` runs the same :func:`run_job` with
+image files and prints the same events (``--progress json``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,95 @@ import numpy as np
 from .errors import EngineError, bad_input
 from .files import atomic_path
 from .images import Picture, load_picture, picture_from_array, picture_to_array, save_picture
-from .transfer import Progress, Settings, StyleTransfer, to_array
+from .settings import Settings
+from .transfer import Control, Iterate, StyleTransfer, to_array
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSIONS = (1, 2)  # 2 adds stdin commands, timed previews, result.steps
 PARENT_GONE_GRACE_S = 10.0
 
 Emit = Callable[[dict], None]
+
+
+@dataclass
+class Job:
+    """One run: what to paint, how, and where the result goes."""
+
+    content: Picture
+    styles: Sequence[Picture]
+    settings: Settings
+    output: Path
+    write: Callable[[Picture, Path], None]
+    preview_every: int = 0  # steps; 0: off (protocol 1)
+    preview_interval_s: float = 0.0  # seconds, plus every scale's end; 0: off
+    preview_path: Path | None = None
+
+
+def run_job(job: Job, emit: Emit, control: Control) -> Path:
+    """Plans, emits ``started``, optimises with ``progress``/``preview`` events, writes
+    the output and emits ``result``. Raises EngineError."""
+    engine = StyleTransfer(job.settings)
+    width, height = job.content.size
+    scales = engine.plan(width, height)
+    emit({
+        "event": "started", "device": engine.device.type, "weights": engine.family,
+        "width": width, "height": height, "total": sum(s.ticks for s in scales),
+        "max_size": engine.max_size,
+        "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
+    })
+    previews = _Previews(job, emit)
+    result = engine.stylize(job.content, job.styles,
+                            lambda it: (emit(progress_event(it)), previews.offer(it)),
+                            control, scales)
+    control.check()
+    job.write(result.picture, job.output)
+    emit({"event": "result", "path": str(job.output), "steps": result.steps,
+          "stopped": result.stopped})
+    return job.output
+
+
+class _Previews:
+    """Writes an 8-bit preview PNG (atomically) when one is due and emits ``preview``."""
+
+    def __init__(self, job: Job, emit: Emit) -> None:
+        self.job, self.emit = job, emit
+        self.last = time.monotonic()
+        self.seconds = 0.0  # spent writing previews, reported for the overhead measure
+
+    def due(self, it: Iterate) -> bool:
+        job = self.job
+        if job.preview_path is None:
+            return False
+        if job.preview_every and it.step % job.preview_every == 0 and it.step < it.total:
+            return True
+        if job.preview_interval_s > 0:
+            return it.scale_done or time.monotonic() - self.last >= job.preview_interval_s
+        return False
+
+    def offer(self, it: Iterate) -> None:
+        if not self.due(it):
+            return
+        start = time.monotonic()
+        with atomic_path(self.job.preview_path) as tmp:
+            save_picture(Picture(to_array(it.image), bits=8), tmp)
+        self.last = time.monotonic()
+        self.seconds += self.last - start
+        self.emit({"event": "preview", "path": str(self.job.preview_path), "step": it.step,
+                   "scale": it.scale, "width": it.width, "height": it.height,
+                   "write_s": round(self.seconds, 3)})
+
+
+def progress_event(it: Iterate) -> dict:
+    return {
+        "event": "progress", "scale": it.scale, "scales": it.scales,
+        "width": it.width, "height": it.height, "step": it.step, "total": it.total,
+        "fraction": it.step / it.total, "elapsed_s": round(it.elapsed, 3),
+        "eta_s": round(it.eta, 3), "loss": it.loss,
+        **{f"{name}_loss": value for name, value in it.losses.items()},
+    }
+
+
+def error_event(error: EngineError) -> dict:
+    return {"event": "error", "kind": error.kind, "message": error.message}
 
 
 def stdout_emitter(stream=None) -> Emit:
@@ -39,11 +126,12 @@ def stdout_emitter(stream=None) -> Emit:
     return emit
 
 
-def watch_stdin(cancel: threading.Event, exit_code: int) -> None:
-    """Cancels when stdin reaches EOF (the parent closed it or died).
+def watch_stdin(control: Control, exit_code: int) -> None:
+    """Reads command lines on stdin: ``finish`` keeps the image as it is now,
+    ``cancel`` (or EOF: the parent closed the pipe or died) cancels.
 
     Only a pipe is watched: a terminal or /dev/null would cancel at once. If the
-    run has not ended a grace period later, the process exits on its own.
+    run has not ended a grace period after EOF, the process exits on its own.
     """
     try:
         fd = sys.stdin.fileno()
@@ -53,16 +141,26 @@ def watch_stdin(cancel: threading.Event, exit_code: int) -> None:
     if not stat.S_ISFIFO(mode):
         return
 
-    def wait_for_eof() -> None:
+    def read_commands() -> None:
+        pending = b""
         try:  # raw reads: a buffered reader's lock would block interpreter shutdown
-            while os.read(fd, 65536):
-                pass
+            while chunk := os.read(fd, 4096):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    command = line.strip()
+                    if command == b"finish":
+                        control.finish.set()
+                    elif command == b"cancel":
+                        control.cancel.set()
         except OSError:
             pass
-        cancel.set()
-        threading.Timer(PARENT_GONE_GRACE_S, os._exit, args=(exit_code,)).start()
+        control.cancel.set()
+        timer = threading.Timer(PARENT_GONE_GRACE_S, os._exit, args=(exit_code,))
+        timer.daemon = True
+        timer.start()
 
-    threading.Thread(target=wait_for_eof, name="stdin-watch", daemon=True).start()
+    threading.Thread(target=read_commands, name="stdin-commands", daemon=True).start()
 
 
 def _resolve(base: Path, value: object, what: str) -> Path:
@@ -81,10 +179,11 @@ def read_request(path: Path) -> dict:
         raise bad_input(f"request {path} is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
         raise bad_input("the request must be a JSON object")
-    if request.get("protocol") != PROTOCOL_VERSION:
+    if request.get("protocol") not in PROTOCOL_VERSIONS:
         raise bad_input(
             f"protocol version {request.get('protocol')!r} is not supported "
-            f"(this engine speaks {PROTOCOL_VERSION}); reinstall the plug-in and engine together"
+            f"(this engine speaks {', '.join(map(str, PROTOCOL_VERSIONS))}); "
+            "reinstall the plug-in and engine together"
         )
     return request
 
@@ -99,11 +198,20 @@ def _load_content(path: Path) -> Picture:
     return picture_from_array(data)
 
 
-def run_request(request_path: Path, emit: Emit, cancel: threading.Event) -> Path:
-    """Runs one request, emitting events; returns the output path. Raises EngineError."""
+def _write_array(picture: Picture, output: Path) -> None:
+    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, picture_to_array(picture), allow_pickle=False)
+
+
+def job_from_request(request_path: Path) -> Job:
+    """Reads and checks a plug-in request (docs/protocol.md)."""
     request_path = Path(request_path)
     request = read_request(request_path)
     base = request_path.parent
+    settings_field = request.get("settings", {})
+    if not isinstance(settings_field, dict):
+        raise bad_input("request field settings must be an object")
+    settings = Settings.from_dict(settings_field)
     content = _load_content(_resolve(base, request.get("content"), "content"))
     styles_field = request.get("styles")
     if not isinstance(styles_field, list) or not styles_field:
@@ -114,45 +222,16 @@ def run_request(request_path: Path, emit: Emit, cancel: threading.Event) -> Path
     output = _resolve(base, request.get("output"), "output")
     if output.suffix != ".npy" or not output.parent.is_dir():
         raise bad_input(f"output must be a .npy path in an existing folder: {output}")
+    if not os.access(output.parent, os.W_OK):
+        raise bad_input(f"cannot write into the output folder {output.parent}")
     preview_every = request.get("preview_every", 0)
-    if not isinstance(preview_every, int) or preview_every < 0:
+    if not isinstance(preview_every, int) or isinstance(preview_every, bool) \
+            or preview_every < 0:
         raise bad_input("preview_every must be a non-negative integer")
-    settings_field = request.get("settings", {})
-    if not isinstance(settings_field, dict):
-        raise bad_input("request field settings must be an object")
-
-    engine = StyleTransfer(Settings.from_dict(settings_field))
-    width, height = content.size
-    scales = engine.plan(width, height)
-    emit({
-        "event": "started", "device": engine.device.type, "weights": engine.family,
-        "width": width, "height": height, "total": sum(s.ticks for s in scales),
-        "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
-    })
-    preview_path = output.with_name("preview.png")
-
-    def on_progress(p: Progress) -> None:
-        emit(progress_event(p))
-        if preview_every and p.step % preview_every == 0 and p.step < p.total:
-            save_picture(Picture(to_array(p.image), bits=8), preview_path)
-            emit({"event": "preview", "path": str(preview_path), "step": p.step})
-
-    result = engine.stylize(content, styles, on_progress, cancel)
-    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, picture_to_array(result), allow_pickle=False)
-    emit({"event": "result", "path": str(output)})
-    return output
-
-
-def progress_event(p: Progress) -> dict:
-    return {
-        "event": "progress", "scale": p.scale, "scales": p.scales,
-        "width": p.width, "height": p.height, "step": p.step, "total": p.total,
-        "fraction": p.step / p.total, "elapsed_s": round(p.elapsed, 3),
-        "eta_s": round(p.eta, 3), "loss": p.loss,
-        **{f"{name}_loss": value for name, value in p.losses.items()},
-    }
-
-
-def error_event(error: EngineError) -> dict:
-    return {"event": "error", "kind": error.kind, "message": error.message}
+    interval = request.get("preview_interval_s", 0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not 0 <= interval < 1e6:
+        raise bad_input("preview_interval_s must be a non-negative number of seconds")
+    wants_previews = preview_every or interval
+    return Job(content, styles, settings, output, _write_array, preview_every, float(interval),
+               output.with_name("preview.png") if wants_previews else None)

@@ -109,6 +109,25 @@ class Gimp:
         done.stdout = done.stdout + "\n" + done.stderr
         return done
 
+    def engines(self) -> dict[int, tuple[int, str]]:
+        """Running engines (``run-request``) of this GIMP: pid → (parent pid, request
+        as this process sees it)."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if b"run-request" not in args or len(args) < 2:
+                continue
+            request = args[args.index(b"run-request") + 1].decode()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            found[int(entry.name)] = (parent, str(self.host_path(request)))
+        return found
+
     def host_path(self, inside_path: str) -> Path:
         return Path(inside_path) if self.root is None else self.root / inside_path.lstrip("/")
 

@@ -33,9 +33,12 @@ def test_json_progress_lines(photo, painting, tmp_path):
     done = engine("stylize", str(photo), str(painting), "-o", str(tmp_path / "o.tif"),
                   "--progress", "json", *FAST)
     events = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [e["event"] for e in events] == ["progress"] * 3 + ["result"]
-    assert [e["step"] for e in events[:3]] == [1, 2, 3]
-    assert {"loss", "content_loss", "style_loss", "eta_s", "fraction"} <= set(events[0])
+    # the protocol's own events: started, a progress per step, result
+    assert [e["event"] for e in events] == ["started"] + ["progress"] * 3 + ["result"]
+    assert events[0]["total"] == 3 and events[0]["device"] == "cpu"
+    assert [e["step"] for e in events[1:4]] == [1, 2, 3]
+    assert {"loss", "content_loss", "style_loss", "eta_s", "fraction"} <= set(events[1])
+    assert events[-1]["steps"] == 3 and events[-1]["stopped"] == "completed"
 
 
 def test_errors_are_one_line_with_distinct_codes(photo, painting, tmp_path):
@@ -66,8 +69,8 @@ def test_sigterm_cancels_and_leaves_no_file(photo, painting, tmp_path):
         [sys.executable, "-m", "nst_engine", "stylize", str(photo), str(painting), "-o",
          str(out), "--max-size", "64", "--iterations", "500", "--progress", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = process.stdout.readline()  # wait for the first step
-    assert json.loads(first)["event"] == "progress"
+    assert json.loads(process.stdout.readline())["event"] == "started"
+    assert json.loads(process.stdout.readline())["event"] == "progress"  # the first step
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == EXIT_CODES["cancelled"]
     assert not out.exists() and list(tmp_path.glob(".out*")) == []
@@ -124,4 +127,65 @@ def test_closing_stdin_cancels_the_engine(painting, tmp_path):
     assert process.wait(timeout=60) == EXIT_CODES["cancelled"]
     assert time.monotonic() - started < 30
     assert json.loads(lines[-1])["kind"] == "cancelled"
+    assert not (tmp_path / "result.npy").exists()
+
+
+def test_protocol_1_request_still_works(painting, tmp_path):
+    """An older plug-in: protocol 1, previews every N steps, stdin never written."""
+    layer = np.random.default_rng(1).random((40, 52, 3), dtype=np.float32)
+    request = write_request(tmp_path, layer, painting)
+    assert json.loads(request.read_text())["protocol"] == 1
+    done = engine("run-request", str(request), stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["step"] for e in events if e["event"] == "preview"] == [2]
+    assert events[-1]["event"] == "result" and np.load(tmp_path / "result.npy").shape == (40, 52, 3)
+
+
+def test_finish_on_stdin_ends_early_with_a_valid_result(painting, tmp_path):
+    layer = np.random.default_rng(2).random((60, 64, 4), dtype=np.float32)
+    request = write_request(tmp_path, layer, painting, iterations=2000, max_size=64)
+    data = json.loads(request.read_text())
+    data.update(protocol=2, preview_every=0, preview_interval_s=0.2)
+    request.write_text(json.dumps(data))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nst_engine", "run-request", str(request)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = []
+    while True:
+        events.append(json.loads(process.stdout.readline()))
+        if events[-1]["event"] == "progress" and events[-1]["step"] == 5:
+            process.stdin.write("finish\n")
+            process.stdin.flush()
+            break
+    events += [json.loads(line) for line in process.stdout.read().splitlines()]
+    process.stdin.close()
+    assert process.wait(timeout=60) == 0, process.stderr.read()
+    result = events[-1]
+    assert result["event"] == "result" and result["stopped"] == "finished"
+    steps = [e["step"] for e in events if e["event"] == "progress"]
+    assert result["steps"] == len(steps) < 2000 and steps == list(range(1, len(steps) + 1))
+    array = np.load(tmp_path / "result.npy")
+    assert array.shape == layer.shape and np.array_equal(array[..., 3], layer[..., 3])
+    previews = [e for e in events if e["event"] == "preview"]
+    assert previews and [p["step"] for p in previews] == sorted({p["step"] for p in previews})
+    with Image.open(previews[-1]["path"]) as shown:  # a complete PNG, whenever it is read
+        shown.load()
+        assert shown.size == (previews[-1]["width"], previews[-1]["height"])
+
+
+def test_cancel_on_stdin_ends_with_the_cancelled_event(painting, tmp_path):
+    request = write_request(tmp_path, np.zeros((64, 64, 3), np.float32) + 0.5, painting,
+                            iterations=2000, max_size=64)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nst_engine", "run-request", str(request)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while json.loads(process.stdout.readline())["event"] != "progress":
+        pass
+    process.stdin.write("cancel\n")
+    process.stdin.flush()
+    lines = process.stdout.read().splitlines()
+    assert process.wait(timeout=60) == EXIT_CODES["cancelled"]
+    assert json.loads(lines[-1]) == {"event": "error", "kind": "cancelled",
+                                     "message": "cancelled; nothing was written"}
     assert not (tmp_path / "result.npy").exists()

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from gimp_env import Gimp, GimpUnavailable
@@ -18,7 +22,7 @@ from PIL import Image
 pytestmark = pytest.mark.gimp
 
 SCENARIOS = ["registration", "basic", "deep", "float", "gray", "selection", "missing_style",
-             "bad_style", "group", "two_layers"]
+             "bad_style", "group", "two_layers", "killed", "kept_early"]
 SCENARIO_FUNCS = {"float": "deep_float_levels", "group": "in_group"}
 
 
@@ -37,16 +41,66 @@ def results(request):
         script = (gimp.host_path(gimp.inside(gimp.scratch / "src"))
                   / "tests/gimp/scenarios.py").read_text()
         names = ",".join(SCENARIO_FUNCS.get(n, n) for n in SCENARIOS)
+        watcher = Watcher(gimp)
+        watcher.start()
         done = gimp.batch(script, {"NST_E2E_STYLE": gimp.inside(style),
                                    "NST_E2E_SCENARIOS": names})
+        watcher.stop()
         parsed = {}
         for match in re.finditer(r"^NST-RESULT (\S+) (.*)$", done.stdout, re.MULTILINE):
             parsed[match.group(1)] = json.loads(match.group(2))
         leftovers = [p.name for p in (gimp.host_path("/tmp")).glob("nst-gimp-*")]
         yield {"runs": parsed, "log": done.stdout, "rc": done.returncode,
-               "version": request.param, "leftovers": leftovers}
+               "version": request.param, "leftovers": leftovers, "watched": watcher.seen}
     finally:
         gimp.teardown()
+
+
+class Watcher(threading.Thread):
+    """Acts on runs whose style is marked: kills the plug-in of a 'kill-me' run
+    (as GIMP's progress-bar cancel does), sends SIGUSR1 (Keep this result) to the
+    plug-in of a 'keep-me' run, each once the engine has worked for a while, and
+    records how long the engine of the killed plug-in lived on."""
+
+    def __init__(self, gimp):
+        super().__init__(daemon=True)
+        self.gimp = gimp
+        self.done = threading.Event()
+        self.seen = {}
+
+    def marker(self, request):
+        try:
+            styles = json.loads(Path(request).read_text())["styles"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return next((m for m in ("kill-me", "keep-me") if m in styles[0]), None)
+
+    def run(self):
+        first_seen = {}
+        while not self.done.wait(0.2):
+            for pid, (parent, request) in self.gimp.engines().items():
+                marker = self.marker(request)
+                if marker is None or marker in self.seen:
+                    continue
+                first_seen.setdefault(pid, time.monotonic())
+                if time.monotonic() - first_seen[pid] < 8:  # a few steps in
+                    continue
+                if marker == "keep-me":
+                    os.kill(parent, signal.SIGUSR1)
+                    self.seen[marker] = {"signalled": True}
+                    continue
+                os.kill(parent, signal.SIGKILL)
+                killed = time.monotonic()
+                while Path(f"/proc/{pid}").exists() and time.monotonic() - killed < 30:
+                    if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] \
+                            == "Z":
+                        break  # a zombie has stopped; only its parent's reaping is left
+                    time.sleep(0.1)
+                self.seen[marker] = {"engine_lived_s": time.monotonic() - killed}
+
+    def stop(self):
+        self.done.set()
+        self.join(timeout=5)
 
 
 def get(results, name):
@@ -64,6 +118,23 @@ def test_procedure_is_registered_in_the_filters_menu(results):
     assert run["image_types"] == "RGB*, GRAY*"
     assert run["arguments"][-7:] == ["style-file", "style-strength", "iterations", "max-size",
                                      "preserve-colors", "seed", "device"]
+
+
+def test_argument_defaults_and_ranges_are_the_engines(results):
+    """The plug-in's arguments carry the engine's defaults and ranges (nst_engine.settings)."""
+    from nst_engine.settings import AUTO_SIZE, DEFAULTS, KNOBS
+
+    arguments = get(results, "registration")["defaults"]
+    for name, spec in arguments.items():
+        if name not in ("style-strength", "iterations", "max-size", "preserve-colors", "seed",
+                        "device"):
+            continue
+        key = name.replace("-", "_")
+        default = DEFAULTS[key] if key != "max_size" else AUTO_SIZE
+        assert spec["default"] == default, name
+        if "min" in spec:
+            assert (spec["min"], spec["max"]) == (KNOBS[key]["min"], KNOBS[key]["max"]), name
+    assert {"style-strength", "iterations", "max-size", "seed", "device"} <= set(arguments)
 
 
 def test_new_layer_above_source_with_offsets_alpha_and_name(results):
@@ -119,7 +190,24 @@ def test_unreadable_style_reports_the_engine_message(results):
     run = get(results, "bad_style")
     assert run["status"] == "execution-error"
     assert "broken.jpg" in run["message"]
-    assert run["layers"] == 1
+    assert run["layers"] == ["photo"] and run["channels"] == 0 and not run["dirty"]
+
+
+def test_killed_plugin_leaves_the_image_and_undo_as_they_were(results):
+    """GIMP's progress-bar cancel kills the plug-in process: nothing may survive."""
+    run = get(results, "killed")
+    assert results["watched"].get("kill-me"), "the watcher never saw the run"
+    assert run["status"] != "success"
+    assert run["layers"] == ["photo"] and run["channels"] == 0 and not run["dirty"]
+    assert run["source_unchanged"]
+    assert results["watched"]["kill-me"]["engine_lived_s"] < 10
+
+
+def test_keep_this_result_early_adds_exactly_one_layer(results):
+    run = get(results, "kept_early")
+    assert results["watched"].get("keep-me"), "the watcher never saw the run"
+    assert run["status"] == "success", run["message"]
+    assert run["layers"] == ["keep-me-style", "photo"] and run["channels"] == 0
 
 
 def test_layer_inside_a_group(results):

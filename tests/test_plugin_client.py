@@ -34,13 +34,21 @@ def test_environment_is_cleaned_but_keeps_nst_variables():
                    "PYTHONIOENCODING": "utf-8"}
 
 
-def test_arguments_map_onto_engine_settings():
-    settings = nst_client.settings_from_arguments(0.7, 250, 800, True, 42, "cpu")
-    assert settings == {"style_strength": 0.7, "iterations": 250, "max_size": 800,
-                        "preserve_colors": True, "seed": 42, "device": "cpu"}
+ARGUMENTS = {"style-strength": 0.7, "iterations": 250, "max-size": 800,
+             "preserve-colors": True, "seed": 42, "device": "cpu"}
+
+
+def settings(**changes):
+    return nst_client.settings_from_config({**ARGUMENTS, **changes}.__getitem__)
+
+
+def test_arguments_map_onto_engine_settings_by_name():
+    assert settings() == {"style_strength": 0.7, "iterations": 250, "max_size": 800,
+                          "preserve_colors": True, "seed": 42, "device": "cpu"}
     from nst_engine import Settings
 
-    Settings.from_dict(settings)  # the engine accepts exactly these
+    Settings.from_dict(settings())  # the engine accepts exactly these
+    assert Settings.from_dict(settings(**{"max-size": 0})).auto_size  # 0: automatic
 
 
 def test_find_engine_from_config_and_override(tmp_path, monkeypatch):
@@ -69,8 +77,9 @@ def test_workdir_is_private_and_stale_ones_are_removed(tmp_path):
 def test_run_engine_reports_progress_and_result(tmp_path, painting):
     layer = np.random.default_rng(1).random((30, 40, 3), dtype=np.float32)
     nst_client.write_npy(tmp_path / "content.npy", layer.tobytes(), layer.shape)
-    settings = nst_client.settings_from_arguments(0.5, 3, 40, False, 0, "cpu")
-    request = nst_client.write_request(str(tmp_path), "content.npy", str(painting), settings)
+    request = nst_client.write_request(
+        str(tmp_path), "content.npy", str(painting),
+        settings(**{"style-strength": 0.5, "iterations": 3, "max-size": 40}))
     seen = []
     result = nst_client.run_engine([sys.executable], request, seen.append)
     assert [p.step for p in seen] == [1, 2, 3] and seen[-1].fraction == 1.0
@@ -79,8 +88,8 @@ def test_run_engine_reports_progress_and_result(tmp_path, painting):
 
 
 def test_run_engine_turns_engine_errors_into_messages(tmp_path, painting):
-    settings = nst_client.settings_from_arguments(0.5, 3, 40, False, 0, "cpu")
-    request = nst_client.write_request(str(tmp_path), "missing.npy", str(painting), settings)
+    request = nst_client.write_request(str(tmp_path), "missing.npy", str(painting),
+                                       settings(iterations=3))
     with pytest.raises(nst_client.ClientError) as info:
         nst_client.run_engine([sys.executable], request)
     assert info.value.kind == "bad_input" and "not found" in info.value.message
@@ -100,3 +109,88 @@ def test_eta_formatting():
     assert nst_client.format_eta(42.4) == "42 s"
     assert nst_client.format_eta(125) == "2 min 05 s"
     assert nst_client.format_eta(3700) == "1 h 01 min"
+
+
+def fake_engine(tmp_path, script):
+    """An 'engine' that prints what ``script`` prints, for the plug-in's error paths."""
+    request = tmp_path / "request.json"
+    request.write_text("{}")
+    return [sys.executable, "-c", script, "--"], str(request)
+
+
+@pytest.mark.parametrize("output", [
+    "[1, 2, 3]\nnot json at all\n",  # garbage and a non-object line, then nothing
+    '{"event": "progress", "step": "x"}\n',  # a progress event without its numbers
+    '{"event": "result"}\n',  # a result without a path
+    '"result"\n{"event": 7}\n',
+])
+def test_malformed_engine_output_is_a_clear_message(tmp_path, monkeypatch, output):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    command, request = fake_engine(tmp_path, f"import sys; sys.stdout.write({output!r})")
+    with pytest.raises(nst_client.ClientError) as info:
+        nst_client.run_engine(command, request, lambda p: None)
+    assert info.value.kind == "internal"
+    assert "stopped unexpectedly" in info.value.message
+
+
+def test_internal_error_keeps_the_engine_log_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    script = ("import sys; sys.stderr.write('Traceback: deep trouble\\n' * 5000); "
+              "print('{\"event\": \"error\", \"kind\": \"internal\", \"message\": \"boom\"}')")
+    for _ in range(7):
+        command, request = fake_engine(tmp_path, script)
+        with pytest.raises(nst_client.ClientError) as info:
+            nst_client.run_engine(command, request)
+    logs = sorted((tmp_path / "cache" / "nst-gimp" / "logs").glob("engine-*.log"))
+    assert len(logs) == 5  # rotated: the newest five
+    assert str(logs[-1]) in info.value.message and "boom" in info.value.message
+    assert 0 < logs[-1].stat().st_size <= 64 * 1024  # small: the log's end
+    assert logs[-1].read_text().endswith("deep trouble\n")
+
+
+def test_unreadable_result_array_raises_value_error(tmp_path):
+    (tmp_path / "r.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': nonsense")
+    with pytest.raises((ValueError, SyntaxError)):
+        nst_client.read_npy(tmp_path / "r.npy")
+
+
+@pytest.mark.parametrize("size", [(100, 100), (1080, 720), (4000, 30), (6000, 4000),
+                                  (130, 129), (5000, 5000)])
+@pytest.mark.parametrize("max_size", [64, 256, 512, 1024, 6000])
+@pytest.mark.parametrize("iterations", [1, 3, 10, 200, 5000])
+def test_the_estimates_plan_is_the_engines(size, max_size, iterations):
+    from nst_engine.planning import plan_scales
+
+    engine = [(s.width, s.height, s.steps) for s in plan_scales(*size, max_size, iterations)]
+    assert nst_client.plan_sizes(*size, max_size, iterations) == engine
+
+
+def test_speed_log_calibrates_and_estimates(tmp_path):
+    log = nst_client.SpeedLog()
+    log.launched -= 4.0  # the engine took 4 s to start
+    log.on_event({"event": "started", "device": "cpu",
+                  "scales": [[128, 128, 10, 1], [256, 256, 20, 1]]})
+    per_step = {1: 0.1, 2: 0.4}  # seconds per step: 0.1 at 128², 0.4 at 256²
+    elapsed = 0.0
+    for scale, steps, side in ((1, 10, 128), (2, 15, 256)):
+        for _ in range(steps):
+            elapsed += per_step[scale]
+            event = {"event": "progress", "step": 1, "total": 30, "fraction": 0.1,
+                     "scale": scale, "scales": 2, "width": side, "height": side,
+                     "elapsed_s": elapsed}
+            log.on_event(nst_client.parse_event(json.dumps(event).encode()))
+    log.on_event({"event": "result", "path": "x", "steps": 25, "stopped": "converged"})
+    calibration = log.calibration()
+    assert calibration["device"] == "cpu" and calibration["top_fraction"] == 0.75
+    assert 3.5 < calibration["startup_s"] < 4.5
+    path = tmp_path / "calibration.json"
+    nst_client.save_calibration(path, calibration)
+    loaded = nst_client.load_calibration(path)
+    seconds = nst_client.estimate_seconds(loaded, 256, 256, {"max_size": 256, "iterations": 30})
+    # start-up + 10 steps at 128² + 0.75 × 20 steps at 256²
+    assert seconds == pytest.approx(calibration["startup_s"] + 1.0 + 6.0, rel=0.05)
+    auto = nst_client.estimate_seconds(loaded, 2000, 1000, {"max_size": 0, "iterations": 30})
+    assert auto > seconds  # automatic on the CPU: 512 px
+    assert nst_client.estimate_seconds(None, 256, 256, {"max_size": 0, "iterations": 9}) is None
+    assert "about" in nst_client.format_estimate(seconds, "cpu")
+    assert "first run" in nst_client.format_estimate(None, None)

@@ -17,7 +17,7 @@ def test_short_run_moves_grams_to_the_style_and_keeps_the_content(photo, paintin
     engine = StyleTransfer(Settings(max_size=128, iterations=40, device="cpu"))
     assert engine.family == "original"
     content, style = load_picture(photo), load_picture(painting)
-    result = engine.stylize(content, [style])
+    result = engine.stylize(content, [style]).picture
 
     def features(rgb):
         image = to_tensor(rgb, engine.device)

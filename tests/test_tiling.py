@@ -7,7 +7,8 @@ from conftest import real_weights_dir
 
 from nst_engine import EngineError, Settings, StyleTransfer, load_picture
 from nst_engine.images import Picture
-from nst_engine.transfer import blend_ramp, tile_grid, tile_overlap, to_tensor
+from nst_engine.planning import blend_ramp, tile_grid, tile_overlap
+from nst_engine.transfer import to_tensor
 
 
 def test_tile_grid_covers_with_overlap():
@@ -23,9 +24,25 @@ def test_tile_grid_covers_with_overlap():
 
 
 def test_blend_ramp_rises_only_towards_earlier_tiles():
-    ramp = blend_ramp((100, 0, 300, 200), 40, torch.device("cpu"))[0, 0]
-    assert ramp[:, 0].max() < 0.05 and ramp[:, 60].min() == 1 and ramp[0, 199] == 1
-    assert torch.all(ramp[:, 1:40] >= ramp[:, :39])
+    tiles = [(0, 0, 140, 200), (100, 0, 300, 200)]  # 40 px of overlap, one row
+    ramp = blend_ramp(tiles[1], tiles, torch.device("cpu"))[0, 0]
+    assert ramp[:, 0].max() < 0.05 and ramp[:, 40].min() == 1 and ramp[0, 199] == 1
+    assert torch.all(ramp[:, 1:40] > ramp[:, :39])
+    assert torch.all(ramp[0] == ramp[199])  # nothing above it: no ramp down the rows
+
+
+def test_blend_ramp_follows_each_axis_overlap_of_the_grid():
+    tiles = tile_grid(700, 400, 300, 48)
+    for tile in tiles:
+        x0, y0, x1, y1 = tile
+        ramp = blend_ramp(tile, tiles, torch.device("cpu"))[0, 0]
+        left = max((t[2] - x0 for t in tiles if t[0] < x0 < t[2]), default=0)
+        top = max((t[3] - y0 for t in tiles if t[1] < y0 < t[3]), default=0)
+        # rises over exactly the overlap with the tiles before it, on each axis
+        assert (ramp[-1] < 1).sum().item() == left
+        assert (ramp[:, -1] < 1).sum().item() == top
+        assert left >= 48 or x0 == 0
+        assert top >= 48 or y0 == 0
 
 
 def test_budget_too_small_is_out_of_memory():
@@ -85,8 +102,8 @@ def test_tiled_run_has_no_seams_and_matches_the_untiled_objective(painting, monk
     top = tiled_engine.plan(512, 384)[-1]
     assert len(top.tiles) >= 4 and not untiled_engine.plan(512, 384)[-1].tiles
 
-    untiled = untiled_engine.stylize(photo, [style])
-    tiled = tiled_engine.stylize(photo, [style])
+    untiled = untiled_engine.stylize(photo, [style]).picture
+    tiled = tiled_engine.stylize(photo, [style]).picture
 
     content = to_tensor(photo.rgb, untiled_engine.device)
     objective = untiled_engine.objective(

@@ -3,13 +3,17 @@
 
 The pixels go to the local engine (nst_engine, in its own Python with torch)
 as float32 arrays; the result comes back as a new layer above the source, in
-one undo step. All of the plug-in's GIMP calls are in this file.
+one undo step. An interactive run shows the picture forming in a window of its
+own, with Keep this result and Cancel. All of the plug-in's GIMP calls are in
+this file; the protocol is in nst_client.py.
 """
 
 import os
 import shutil
+import signal
 import sys
 import time
+import traceback
 
 import gi
 
@@ -17,10 +21,13 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, PLUGIN_DIR)
 import nst_client  # noqa: E402
 
 PROC_NAME = "python-fu-neural-style-transfer"
+CALIBRATION = os.path.join(PLUGIN_DIR, "nst-calibration.json")
+PREVIEW_INTERVAL_S = 2.0  # a fresh picture at least this often, and at every scale's end
 DEVICES = (
     ("auto", "Automatic (GPU if available)"),
     ("cuda", "NVIDIA GPU (CUDA)"),
@@ -33,28 +40,16 @@ class Failure(Exception):
     """Stops the run with a message for the user; the image is left unchanged."""
 
 
+class Cancelled(Exception):
+    """The photographer cancelled in the run window; nothing is added."""
+
+
 def pixel_format(drawable):
     """A float format of the drawable's own model, so no precision is lost."""
     gray = drawable.is_gray()
     base = "Y'" if gray else "R'G'B'"
     alpha = drawable.has_alpha()
     return f"{base}{'A' if alpha else ''} float", (1 if gray else 3) + (1 if alpha else 0)
-
-
-class Timings:
-    """Wall-clock marks of a run, printed to stderr when NST_PLUGIN_TIMINGS is set."""
-
-    def __init__(self):
-        self.marks = [("start", time.monotonic())]
-
-    def mark(self, name):
-        self.marks.append((name, time.monotonic()))
-
-    def report(self):
-        if os.environ.get("NST_PLUGIN_TIMINGS"):
-            start = self.marks[0][1]
-            text = ", ".join(f"{name} {at - start:.2f} s" for name, at in self.marks[1:])
-            print(f"nst-timings: {text}", file=sys.stderr, flush=True)
 
 
 def check_target(image, drawables):
@@ -68,7 +63,7 @@ def check_target(image, drawables):
     return drawable
 
 
-def stylize_layer(image, drawables, style_file, settings):
+def stylize_layer(image, drawables, style_file, settings, interactive):
     """The whole run: read the layer, call the engine, add the result as a new layer."""
     drawable = check_target(image, drawables)
     if style_file is None or style_file.get_path() is None:
@@ -79,53 +74,227 @@ def stylize_layer(image, drawables, style_file, settings):
     intersects, x, y, width, height = drawable.mask_intersect()
     if not intersects:
         raise Failure("The selection does not touch this layer.")
-    try:
-        engine = nst_client.find_engine(os.path.dirname(os.path.abspath(__file__)))
-    except nst_client.ClientError as error:
-        raise Failure(nst_client.user_message(error)) from None
-
-    clock = Timings()
+    engine = nst_client.find_engine(PLUGIN_DIR)
     fmt, channels = pixel_format(drawable)
-    rect = Gegl.Rectangle.new(x, y, width, height)
     # Behind flatpak-spawn the engine runs on the host: use a folder it can see.
     shared = os.path.join(GLib.get_user_cache_dir(), "nst-gimp") if len(engine) > 1 else None
-    workdir = nst_client.make_workdir(shared)
     try:
-        Gimp.progress_init("Neural style transfer: reading the layer")
+        workdir = nst_client.make_workdir(shared)
+    except OSError as exc:
+        raise Failure(f"Could not make a temporary folder for the engine: {exc}") from None
+    Gimp.progress_init("Neural style transfer: reading the layer")
+    try:
+        rect = Gegl.Rectangle.new(x, y, width, height)
         pixels = drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
-        content = os.path.join(workdir, "content.npy")
-        nst_client.write_npy(content, bytes(pixels), (height, width, channels))
+        try:
+            nst_client.write_npy(os.path.join(workdir, "content.npy"), bytes(pixels),
+                                 (height, width, channels))
+            request = nst_client.write_request(
+                workdir, "content.npy", style_path, settings,
+                PREVIEW_INTERVAL_S if interactive else 0.0)
+        except OSError as exc:
+            raise Failure(f"Could not write the layer for the engine into {workdir} "
+                          f"(is the disk full?): {exc}") from None
         del pixels
-        request = nst_client.write_request(workdir, "content.npy", style_path, settings)
-
-        Gimp.progress_set_text("Neural style transfer: starting the engine")
-
-        clock.mark("request written")
-
-        def on_progress(p):
-            if p.step == 1:
-                clock.mark("first step")
-            Gimp.progress_update(p.fraction)
-            Gimp.progress_set_text(
-                f"Neural style transfer: step {p.step} of {p.total}, "
-                f"about {nst_client.format_eta(p.eta_s)} left"
-            )
-
-        result_path = nst_client.run_engine(engine, request, on_progress)
-        clock.mark("engine result")
-        data, shape = nst_client.read_npy(result_path)
+        speed = nst_client.SpeedLog()
+        if interactive:
+            result = RunWindow(engine, request, speed, os.path.basename(style_path)).run()
+        else:
+            result = run_with_progress_bar(engine, request, speed)
+        speed.report()
+        calibration = speed.calibration()
+        if calibration:
+            nst_client.save_calibration(CALIBRATION, calibration)
+        try:
+            data, shape = nst_client.read_npy(result["path"])
+        except (OSError, ValueError, KeyError, SyntaxError) as exc:
+            raise Failure(f"The engine's result could not be read: {exc}") from None
         if shape != (height, width, channels):
             raise Failure(f"The engine returned an array of shape {shape}, "
                           f"expected {(height, width, channels)}.")
         Gimp.progress_set_text("Neural style transfer: adding the layer")
         add_result_layer(image, drawable, style_path, (x, y, width, height), fmt, data)
-        Gimp.progress_end()
-        clock.mark("layer added")
-        clock.report()
-    except nst_client.ClientError as error:
-        raise Failure(nst_client.user_message(error, engine[-1])) from None
     finally:
+        Gimp.progress_end()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_with_progress_bar(engine, request, speed):
+    """A run without a window (scripts, batches): GIMP's progress bar shows the step."""
+    Gimp.progress_set_text("Neural style transfer: starting the engine")
+    run = None
+
+    def on_event(event):
+        speed.on_event(event)
+        if event["event"] != "progress":
+            return
+        p = event["progress"]
+        Gimp.progress_update(p.fraction)
+        Gimp.progress_set_text(
+            f"Neural style transfer: step {p.step} of {p.total}, "
+            f"about {nst_client.format_eta(p.eta_s)} left")
+
+    run = nst_client.EngineRun(engine, request, on_event)
+    # SIGUSR1 is "Keep this result" for runs without a window (docs/protocol.md)
+    signal.signal(signal.SIGUSR1, lambda *_: run.send("finish"))
+    try:
+        while run.read_available():
+            pass
+    finally:
+        if run.process.poll() is None and run.result is None:
+            run.stop()
+    return run.outcome()
+
+
+class RunWindow:
+    """The picture forming, the step, times and progress, Keep this result and Cancel.
+
+    The plug-in's own window: GIMP stays usable while it is open. It reads the
+    engine's events from GLib's main loop; closing it cancels the run.
+    """
+
+    def __init__(self, engine, request, speed, style_name):
+        gi.require_version("Gtk", "3.0")
+        gi.require_version("GdkPixbuf", "2.0")
+        from gi.repository import GdkPixbuf, Gtk
+
+        self.Gtk, self.GdkPixbuf = Gtk, GdkPixbuf
+        self.speed = speed
+        self.started = time.monotonic()
+        self.last = None  # the last progress
+        self.cancelled = False
+        self.run_ = nst_client.EngineRun(engine, request, self.on_event)
+
+        window = Gtk.Window(title=f"Neural Style Transfer — {style_name}")
+        window.set_default_size(1000, 700)
+        window.connect("delete-event", self.on_close)
+        self.window = window
+        outer = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
+        outer.set_border_width(12)
+        window.add(outer)
+        frame = Gtk.Frame()
+        self.picture = Gtk.Image()
+        self.picture.set_size_request(640, 640)
+        self.waiting = Gtk.Label(label="Starting the engine…")
+        stack = Gtk.Overlay()
+        stack.add(self.picture)
+        stack.add_overlay(self.waiting)
+        frame.add(stack)
+        outer.pack_start(frame, True, True, 0)
+        side = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8)
+        side.set_size_request(260, -1)
+        outer.pack_start(side, False, False, 0)
+        self.labels = {}
+        for key, title in (("step", "Step"), ("scale", "Scale"), ("elapsed", "Elapsed"),
+                           ("remaining", "Remaining")):
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+            name = Gtk.Label(label=title, xalign=0)
+            value = Gtk.Label(label="–", xalign=1)
+            row.pack_start(name, True, True, 0)
+            row.pack_start(value, False, False, 0)
+            side.pack_start(row, False, False, 0)
+            self.labels[key] = value
+        self.bar = Gtk.ProgressBar()
+        side.pack_start(self.bar, False, False, 6)
+        self.status = Gtk.Label(label="", xalign=0)
+        self.status.set_line_wrap(True)
+        side.pack_start(self.status, False, False, 0)
+        side.pack_start(Gtk.Box(), True, True, 0)
+        self.keep = Gtk.Button(label="Keep this result")
+        self.keep.set_tooltip_text("Stop now and add the picture as it is as a new layer")
+        self.keep.set_sensitive(False)
+        self.keep.connect("clicked", self.on_keep)
+        self.cancel = Gtk.Button(label="Cancel")
+        self.cancel.set_tooltip_text("Stop and add nothing")
+        self.cancel.connect("clicked", self.on_cancel)
+        side.pack_start(self.keep, False, False, 0)
+        side.pack_start(self.cancel, False, False, 0)
+        window.show_all()
+
+    def run(self):
+        """Runs until the engine ends; returns its ``result`` event, or raises."""
+        GLib.io_add_watch(self.run_.stdout_fd, GLib.PRIORITY_DEFAULT,
+                          GLib.IOCondition.IN | GLib.IOCondition.HUP | GLib.IOCondition.ERR,
+                          self.on_output)
+        GLib.timeout_add(500, self.on_tick)
+        try:
+            self.Gtk.main()
+        finally:
+            if self.run_.process.poll() is None and self.run_.result is None:
+                self.run_.stop()
+            self.window.destroy()
+        if self.cancelled and self.run_.result is None:
+            try:
+                self.run_.outcome()  # reaps the engine; its "cancelled" is expected
+            except nst_client.ClientError:
+                pass
+            raise Cancelled()
+        return self.run_.outcome()
+
+    def on_output(self, fd, condition):
+        try:
+            alive = self.run_.read_available()
+        except OSError:
+            alive = False
+        if not alive:
+            self.Gtk.main_quit()
+        return alive
+
+    def on_event(self, event):
+        self.speed.on_event(event)
+        kind = event["event"]
+        if kind == "started":
+            self.waiting.set_text("Working out the style…")
+            self.status.set_text(
+                f"{event.get('width')}×{event.get('height')} px, worked out at up to "
+                f"{event.get('max_size')} px on {event.get('device')}")
+        elif kind == "progress":
+            p = event["progress"]
+            self.last = p
+            self.keep.set_sensitive(not self.cancelled)
+            self.labels["step"].set_text(f"{p.step} of {p.total}")
+            self.labels["scale"].set_text(
+                f"{p.scale} of {p.scales} ({event.get('width')}×{event.get('height')})")
+            self.labels["remaining"].set_text(f"at most {nst_client.format_eta(p.eta_s)}")
+            self.bar.set_fraction(min(1.0, p.fraction))
+            Gimp.progress_update(p.fraction)
+        elif kind == "preview":
+            self.show_preview(event.get("path"))
+        elif kind == "result":
+            self.status.set_text("Adding the layer…")
+
+    def show_preview(self, path):
+        try:
+            allocation = self.picture.get_allocation()
+            side = max(64, min(allocation.width, allocation.height))
+            pixbuf = self.GdkPixbuf.Pixbuf.new_from_file_at_scale(path, side, side, True)
+        except (GLib.Error, TypeError):
+            return  # a preview is a nicety: the next one will do
+        self.picture.set_from_pixbuf(pixbuf)
+        self.waiting.hide()
+
+    def on_tick(self):
+        elapsed = time.monotonic() - self.started
+        self.labels["elapsed"].set_text(nst_client.format_eta(elapsed))
+        return self.run_.process.poll() is None
+
+    def on_keep(self, button):
+        self.run_.send("finish")
+        self.keep.set_sensitive(False)
+        self.cancel.set_sensitive(False)
+        self.status.set_text("Finishing: enlarging the picture to the layer's size…")
+
+    def on_cancel(self, button):
+        self.cancelled = True
+        self.keep.set_sensitive(False)
+        self.cancel.set_sensitive(False)
+        self.status.set_text("Cancelling…")
+        self.run_.send("cancel")
+
+    def on_close(self, window, event):
+        if not self.cancelled and self.run_.result is None:
+            self.on_cancel(None)
+        return True  # the window goes when the engine has stopped
 
 
 def add_result_layer(image, source, style_path, region, fmt, data):
@@ -151,13 +320,37 @@ def add_result_layer(image, source, style_path, region, fmt, data):
     Gimp.displays_flush()
 
 
-def show_dialog(procedure, config):
+def show_dialog(procedure, config, image, drawables):
+    """The procedure's own dialog, with the run's estimated time under the options,
+    updated whenever an option changes."""
     gi.require_version("GimpUi", "3.0")
-    from gi.repository import GimpUi
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
 
     GimpUi.init(PROC_NAME)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style Transfer")
     dialog.fill(None)
+    estimate = Gtk.Label(xalign=0)
+    estimate.set_line_wrap(True)
+    estimate.set_margin_start(12)
+    estimate.set_margin_end(12)
+    dialog.get_content_area().pack_end(estimate, False, False, 6)
+    calibration = nst_client.load_calibration(CALIBRATION)
+    ok, _, _, width, height = drawables[0].mask_intersect() if len(drawables) == 1 else (
+        False, 0, 0, 0, 0)
+
+    def update(*_):
+        if not ok:
+            estimate.set_text("")
+            return
+        settings = nst_client.settings_from_config(config.get_property)
+        seconds = nst_client.estimate_seconds(calibration, width, height, settings)
+        estimate.set_text(nst_client.format_estimate(
+            seconds, calibration and calibration.get("device")))
+
+    config.connect("notify", update)
+    update()
+    estimate.show()
     accepted = dialog.run()
     dialog.destroy()
     return accepted
@@ -193,18 +386,21 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             "0 keeps the photo nearly unchanged, 1 lets the painting take over",
             0.0, 1.0, 0.5, flags)
         procedure.add_int_argument(
-            "iterations", "It_erations", "More steps give a cleaner result but take longer",
+            "iterations", "It_erations",
+            "Steps at most; the run stops earlier once the picture no longer changes",
             1, 5000, 200, flags)
         procedure.add_int_argument(
             "max-size", "_Max size",
-            "Longest side (pixels) at which the style is worked out; larger shows finer "
-            "detail but needs more time and memory", 64, 16384, 1024, flags)
+            "Longest side (pixels) at which the style is worked out; 0 = automatic "
+            "(512 on the processor, 1024 on a GPU). Larger shows finer detail but needs "
+            "more time and memory", 0, 16384, 0, flags)
         procedure.add_boolean_argument(
             "preserve-colors", "_Keep the photo's colours",
             "Take only the painting's textures, not its colours", False, flags)
         procedure.add_int_argument(
-            "seed", "See_d", "The same seed gives the same result again", 0, 2147483647, 0,
-            flags)
+            "seed", "See_d",
+            "Seed for anything random; on the processor a run repeats exactly", 0,
+            2147483647, 0, flags)
         choice = Gimp.Choice.new()
         for index, (nick, label) in enumerate(DEVICES):
             choice.add(nick, index, label, "")
@@ -213,20 +409,31 @@ class NeuralStyleTransfer(Gimp.PlugIn):
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, data):
-        if run_mode == Gimp.RunMode.INTERACTIVE and not show_dialog(procedure, config):
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        Gegl.init(None)
-        settings = nst_client.settings_from_arguments(
-            config.get_property("style-strength"), config.get_property("iterations"),
-            config.get_property("max-size"), config.get_property("preserve-colors"),
-            config.get_property("seed"), config.get_property("device"))
+        interactive = run_mode == Gimp.RunMode.INTERACTIVE
         try:
-            stylize_layer(image, drawables, config.get_property("style-file"), settings)
+            if interactive and not show_dialog(procedure, config, image, drawables):
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+            Gegl.init(None)
+            settings = nst_client.settings_from_config(config.get_property)
+            stylize_layer(image, drawables, config.get_property("style-file"), settings,
+                          interactive)
+        except Cancelled:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        except nst_client.ClientError as error:
+            return self.failed(procedure, nst_client.user_message(error))
         except Failure as failure:
-            return procedure.new_return_values(
-                Gimp.PDBStatusType.EXECUTION_ERROR,
-                GLib.Error.new_literal(Gimp.PlugIn.error_quark(), str(failure), 0))
+            return self.failed(procedure, str(failure))
+        except Exception as exc:  # never a traceback for the photographer
+            traceback.print_exc()
+            return self.failed(procedure, f"The plug-in failed unexpectedly ({exc}); the "
+                               "image is unchanged. Please report this.")
         return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+    @staticmethod
+    def failed(procedure, message):
+        return procedure.new_return_values(
+            Gimp.PDBStatusType.EXECUTION_ERROR,
+            GLib.Error.new_literal(Gimp.PlugIn.error_quark(), message, 0))
 
 
 Gimp.main(NeuralStyleTransfer.__gtype__, sys.argv)

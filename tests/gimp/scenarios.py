@@ -98,10 +98,55 @@ def stack(image, parent=None):
 
 def registration():
     proc = Gimp.get_pdb().lookup_procedure(PROC)
-    args = [spec.get_name() for spec in proc.get_arguments()]
+    specs = proc.get_arguments()
+    defaults = {}
+    for spec in specs:
+        entry = {"default": spec.get_default_value()}
+        if hasattr(spec, "minimum"):
+            entry.update(min=spec.minimum, max=spec.maximum)
+        if isinstance(entry["default"], (bool, int, float, str)):
+            defaults[spec.get_name()] = entry
     report("registration", menu_paths=list(proc.get_menu_paths()),
-           label=proc.get_menu_label(), image_types=proc.get_image_types(), arguments=args,
+           label=proc.get_menu_label(), image_types=proc.get_image_types(),
+           arguments=[spec.get_name() for spec in specs], defaults=defaults,
            gimp=Gimp.version())
+
+
+def marked_style(marker):
+    """A copy of the style whose name tells the test's watcher what to do to the run."""
+    path = os.path.join(os.path.dirname(STYLE), f"{marker}-style.png")
+    with open(STYLE, "rb") as source, open(path, "wb") as target:
+        target.write(source.read())
+    return path
+
+
+def state(image):
+    """What must not change after a failed run: layers, channels, and the dirty flag
+    (every undo step sets it)."""
+    return {"layers": stack(image), "channels": len(image.get_channels()),
+            "dirty": image.is_dirty()}
+
+
+def killed():
+    """The test kills the plug-in process mid-run (as GIMP's progress-bar cancel does)."""
+    image, layer = make_image(300, 260)  # two scales: the coarse one never stops by itself
+    image.clean_all()
+    before = pixels(layer)
+    status, message = run(image, [layer], style=marked_style("kill-me"), iterations=5000,
+                          **{"max-size": 256})
+    report("killed", status=status, message=message, source_unchanged=before.tobytes() ==
+           pixels(layer).tobytes(), **state(image))
+    image.delete()
+
+
+def kept_early():
+    """The test sends the plug-in SIGUSR1 (Keep this result) after a few steps."""
+    image, layer = make_image(300, 260)
+    image.clean_all()
+    status, message = run(image, [layer], style=marked_style("keep-me"), iterations=5000,
+                          **{"max-size": 256})
+    report("kept_early", status=status, message=message, **state(image))
+    image.delete()
 
 
 def basic():
@@ -168,11 +213,12 @@ def missing_style():
 
 def bad_style():
     image, layer = make_image()
+    image.clean_all()
     broken = os.path.join(os.path.dirname(STYLE), "broken.jpg")
     with open(broken, "wb") as handle:
         handle.write(b"not really a jpeg")
     status, message = run(image, [layer], style=broken)
-    report("bad_style", status=status, message=message, layers=len(image.get_layers()))
+    report("bad_style", status=status, message=message, **state(image))
     image.delete()
 
 
