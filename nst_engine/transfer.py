@@ -29,7 +29,7 @@ from .vgg import Tap, VGGFeatures, stride
 
 CONVERGE_MIN_STEPS = 30  # top-scale steps before the convergence rule may stop a run ...
 CONVERGE_WINDOW = 10  # ... when the objective fell by less than CONVERGE_TOLERANCE
-CONVERGE_TOLERANCE = 0.01  # ... (relative) over the last CONVERGE_WINDOW steps
+CONVERGE_TOLERANCE = 0.0125  # ... (relative) over the last CONVERGE_WINDOW steps
 
 
 @dataclass

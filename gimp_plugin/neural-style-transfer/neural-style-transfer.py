@@ -245,9 +245,10 @@ class RunWindow:
         kind = event["event"]
         if kind == "started":
             self.waiting.set_text("Working out the style…")
+            where = {"cpu": "the processor", "cuda": "the GPU", "mps": "the GPU"}
             self.status.set_text(
                 f"{event.get('width')}×{event.get('height')} px, worked out at up to "
-                f"{event.get('max_size')} px on {event.get('device')}")
+                f"{event.get('max_size')} px on {where.get(event.get('device'), 'the GPU')}")
         elif kind == "progress":
             p = event["progress"]
             self.last = p
@@ -258,6 +259,7 @@ class RunWindow:
             self.labels["remaining"].set_text(f"at most {nst_client.format_eta(p.eta_s)}")
             self.bar.set_fraction(min(1.0, p.fraction))
             Gimp.progress_update(p.fraction)
+            Gimp.progress_set_text(f"Neural style transfer: step {p.step} of {p.total}")
         elif kind == "preview":
             self.show_preview(event.get("path"))
         elif kind == "result":
@@ -390,7 +392,7 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             "Steps at most; the run stops earlier once the picture no longer changes",
             1, 5000, 200, flags)
         procedure.add_int_argument(
-            "max-size", "_Max size",
+            "max-size", "_Max size (0 = automatic)",
             "Longest side (pixels) at which the style is worked out; 0 = automatic "
             "(512 on the processor, 1024 on a GPU). Larger shows finer detail but needs "
             "more time and memory", 0, 16384, 0, flags)

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Screenshot of the plug-in's dialog in a real GIMP 3 under Xvfb, for the docs.
-#   tests/gimp/screenshot.sh 3.0|3.2 OUT.png PHOTO STYLE
-# Needs root, Xvfb and ImageMagick's import on the host, and a root from provision.sh.
+# Screenshots of the plug-in in a real GIMP 3 under Xvfb, for the docs: the dialog with
+# its time estimate, then the run window with the picture forming.
+#   tests/gimp/screenshot.sh 3.0|3.2 OUTDIR PHOTO STYLE [WEIGHTS_DIR]
+# Needs root, Xvfb, xdotool and ImageMagick's import on the host, and a root from
+# provision.sh. WEIGHTS_DIR holds vgg19-original.pth (real weights: real looks).
+# Writes OUTDIR/dialog-gimp-V.png, OUTDIR/run-window-gimp-V.png and the timings
+# the plug-in printed (OUTDIR/timings-gimp-V.txt).
 set -euo pipefail
-version=$1 out=$2 photo=$3 style=$4
+version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(bash "$here/provision.sh" "$version")
 work=$(mktemp -d "$root/tmp/nst-shot-XXXX")
 inside=/${work#"$root"/}
 display=:$((90 + RANDOM % 9))
-Xvfb "$display" -screen 0 1400x1000x24 -nolisten tcp >/dev/null 2>&1 & xvfb=$!
+Xvfb "$display" -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & xvfb=$!
 cleanup() {
+  pkill -f "gimp-$version --no-splash" 2>/dev/null || true
   kill "$xvfb" 2>/dev/null || true
+  sleep 1
   umount "$root/tmp/.X11-unix" "$root/proc" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -20,26 +26,51 @@ mount -t proc proc "$root/proc"
 mkdir -p "$root/tmp/.X11-unix" && mount --bind /tmp/.X11-unix "$root/tmp/.X11-unix"
 mkdir -p "$work/src" && (cd "$here/../.." && git ls-files -z | xargs -0 cp --parents -t "$work/src")
 cp "$photo" "$work/photo.${photo##*.}" && cp "$style" "$work/style.${style##*.}"
-run() { chroot "$root" env -i PATH=/usr/bin:/bin HOME="$inside" LANG=C.UTF-8 "$@"; }
+mkdir -p "$work/data"
+weights_env=NST_WEIGHTS=random
+if [ -n "$weights" ]; then cp "$weights/vgg19-original.pth" "$work/data/"; weights_env=NST_WEIGHTS=original; fi
+run() { chroot "$root" env -i PATH=/usr/bin:/bin HOME="$inside" LANG=C.UTF-8 \
+  NST_DATA_DIR="$inside/data" "$weights_env" NST_PLUGIN_TIMINGS=1 "$@"; }
 run bash "$inside/src/install.sh" --python /usr/bin/python3 --venv "$inside/venv" \
   --no-weights --gimp-profile "$inside/profile" >/dev/null
-cat > "$work/dialog.py" <<PY
+cat > "$work/shots.py" <<PY
 from gi.repository import Gimp, Gio
 image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path("$inside/photo.${photo##*.}"))
 Gimp.Display.new(image)
 proc = Gimp.get_pdb().lookup_procedure("python-fu-neural-style-transfer")
-cfg = proc.create_config()
-cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-cfg.set_property("image", image)
-cfg.set_core_object_array("drawables", image.get_layers()[:1])
-cfg.set_property("style-file", Gio.File.new_for_path("$inside/style.${style##*.}"))
-proc.run(cfg)
+
+def call(mode, **settings):
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", mode)
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", image.get_layers()[-1:])
+    cfg.set_property("style-file", Gio.File.new_for_path("$inside/style.${style##*.}"))
+    for key, value in settings.items():
+        cfg.set_property(key, value)
+    return proc.run(cfg)
+
+# A first, short run measures this computer's speed for the dialog's estimate.
+call(Gimp.RunMode.NONINTERACTIVE, iterations=40, **{"max-size": 256})
+open("$inside/calibrated", "w").close()
+call(Gimp.RunMode.INTERACTIVE)
 PY
-run DISPLAY="$display" GIMP3_DIRECTORY="$inside/profile" timeout 90 "gimp-$version" \
+run DISPLAY="$display" GIMP3_DIRECTORY="$inside/profile" timeout 900 "gimp-$version" \
   --no-splash --batch-interpreter=python-fu-eval \
-  -b "exec(open('$inside/dialog.py').read())" >/dev/null 2>&1 & gimp=$!
-sleep "${NST_SHOT_WAIT:-40}"
-import -display "$display" -window root "$out"
-kill "$gimp" 2>/dev/null || true
-pkill -f "gimp-$version --no-splash" 2>/dev/null || true
+  -b "exec(open('$inside/shots.py').read())" >"$work/gimp.log" 2>&1 & gimp=$!
+for _ in $(seq 600); do [ -e "$work/calibrated" ] && break; sleep 1; done
+dialog=""
+for _ in $(seq 60); do
+  dialog=$(DISPLAY=$display xdotool search --name "^Neural Style Transfer$" 2>/dev/null | head -1) || true
+  [ -n "$dialog" ] && break; sleep 1
+done
+[ -n "$dialog" ] || { echo "no dialog appeared" >&2; cat "$work/gimp.log" >&2; exit 1; }
+sleep 3
+mkdir -p "$out"
+import -display "$display" -window root "$out/dialog-gimp-$version.png"
+# No window manager under Xvfb: focus the dialog by hand, then press its default button.
+DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
+DISPLAY=$display xdotool key --clearmodifiers Return
+sleep "${NST_SHOT_RUN_WAIT:-45}"
+import -display "$display" -window root "$out/run-window-gimp-$version.png"
+grep -h "nst-timings" "$work/gimp.log" > "$out/timings-gimp-$version.txt" || true
 echo "$out"
