@@ -194,3 +194,14 @@ def test_speed_log_calibrates_and_estimates(tmp_path):
     assert nst_client.estimate_seconds(None, 256, 256, {"max_size": 0, "iterations": 9}) is None
     assert "about" in nst_client.format_estimate(seconds, "cpu")
     assert "first run" in nst_client.format_estimate(None, None)
+
+
+def test_a_full_disk_is_an_os_error_the_plugin_reports(tmp_path):
+    """The plug-in turns OSError from writing the layer into a message (Failure)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    with pytest.raises(OSError):
+        nst_client.write_npy("/dev/full", b"\0" * 4 * 64 * 64 * 3, (64, 64, 3))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OSError):  # a temporary folder that cannot be made
+        nst_client.make_workdir(str(tmp_path / "a-file" / "below"))

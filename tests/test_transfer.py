@@ -1,3 +1,6 @@
+import collections
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +182,100 @@ def test_cuda_requested_without_gpu_is_clear():
         pytest.skip("this machine has a GPU")
     with pytest.raises(EngineError, match="CUDA"):
         StyleTransfer(small(device="cuda"))
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"style_layers": []}, "at least one style layer"),
+    ({"init": "contnet"}, "init must be content, noise or an existing image file"),
+    ({"style_blend": [1, -1]}, "style blend weight must be at least 0"),
+    ({"style_blend": [0, 0]}, "must not all be zero"),
+    ({"style_scale": float("nan")}, "style_scale must be a finite number"),
+    ({"content_weight": float("inf")}, "content_weight must be a finite number"),
+    ({"memory_budget": float("inf")}, "memory_budget must be a finite number"),
+    ({"seed": 10**20}, "seed must be at most"),
+    ({"iterations": 10**12}, "iterations must be at most 5000"),
+    ({"max_size": 16}, "max size must be 0 (automatic) or at least 32"),
+    ({"device": "tpu"}, "device must be one of auto, cuda, mps, cpu"),
+])
+def test_settings_refuse_bad_values_by_name(values, words):
+    with pytest.raises(EngineError) as info:
+        Settings.from_dict(values)
+    assert info.value.kind == "bad_input" and words in info.value.message
+
+
+def test_automatic_max_size_by_device(photo, painting):
+    engine = StyleTransfer(small(max_size=0))
+    assert engine.settings.auto_size and engine.max_size == 512
+    assert engine.plan(2000, 1000)[-1].width == 512
+
+
+def test_adam_keeps_its_moments_when_a_step_raises_the_loss(photo, painting, monkeypatch):
+    cleared = []
+
+    class Recording(collections.defaultdict):
+        def clear(self):
+            cleared.append(len(self))
+            super().clear()
+
+    class Adam(torch.optim.Adam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.state = Recording(dict)
+
+    monkeypatch.setattr(torch.optim, "Adam", Adam)
+    losses = []
+    StyleTransfer(small(iterations=12, optimizer="adam", learning_rate=0.5)).stylize(
+        load_picture(photo), [load_picture(painting)], lambda it: losses.append(it.loss))
+    assert any(b >= a for a, b in zip(losses, losses[1:])), "no step raised the loss"
+    assert cleared == []
+
+
+def test_out_of_memory_after_the_loop_is_reported_as_such(photo, painting, monkeypatch):
+    from nst_engine import transfer
+
+    original = transfer.resize
+
+    def no_memory(image, width, height):
+        if (width, height) == (96, 80) and image.shape[-1] != 96:  # the final enlargement
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried...")
+        return original(image, width, height)
+
+    monkeypatch.setattr(transfer, "resize", no_memory)
+    with pytest.raises(EngineError) as info:
+        StyleTransfer(small(iterations=2)).stylize(load_picture(photo), [load_picture(painting)])
+    assert info.value.kind == "out_of_memory" and "--max-size" in info.value.message
+
+
+def test_cuda_budget_counts_torch_s_cache_and_the_network_once(monkeypatch):
+    from nst_engine import devices
+
+    gb = 1e9
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gb, 80 * gb))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 6 * gb)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0.5 * gb)
+    cuda = torch.device("cuda")
+    budget = devices.memory_budget(cuda, None)
+    # free 10 GB + 5.5 GB cached by torch, 80 % of that, plus the 0.5 GB already held
+    assert budget == pytest.approx(0.8 * 15.5 * gb + 0.5 * gb)
+    assert devices.fixed_bytes(cuda) == 0.5 * gb  # the network, counted once
+    from nst_engine.planning import work_budget
+
+    assert work_budget(budget, devices.fixed_bytes(cuda), 0) == pytest.approx(0.8 * 15.5 * gb)
+
+
+def test_threads_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
+    from nst_engine import devices
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    real_path = devices.Path
+
+    def fake_path(name):
+        return real_path(tmp_path / "cpu.max") if name == "/sys/fs/cgroup/cpu.max" \
+            else real_path(name)
+
+    monkeypatch.setattr(devices, "Path", fake_path)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert devices.usable_cpus() == 3
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert devices.usable_cpus() == 2

@@ -1,0 +1,90 @@
+"""What the photographer waits for, measured as the plug-in sees it (nst_client, no GIMP).
+
+    python benchmarks/run_window.py PHOTO STYLE [--sizes 256 512 1024] [--cold 3]
+
+* first picture: seconds from starting a cold engine to its first ``preview`` event,
+  for the plug-in's request (the whole photo, automatic size, previews every 2 s);
+* preview cost: the engine's own time writing previews, as a share of the run;
+* estimates: before each run, the dialog's estimate from the calibration of the run
+  before it (as the plug-in stores it), against the run's actual time.
+The engine must have the real weights (NST_DATA_DIR). Prints JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gimp_plugin"
+                       / "neural-style-transfer"))
+import nst_client  # noqa: E402
+
+from nst_engine import load_picture  # noqa: E402
+
+
+def run(photo: np.ndarray, style: Path, settings: dict, interval: float) -> tuple:
+    """One plug-in-like run; returns (SpeedLog, events)."""
+    with tempfile.TemporaryDirectory() as folder:
+        nst_client.write_npy(Path(folder) / "content.npy", photo.tobytes(), photo.shape)
+        request = nst_client.write_request(folder, "content.npy", str(style), settings,
+                                           interval)
+        speed, events = nst_client.SpeedLog(), []
+
+        def on_event(event):
+            speed.on_event(event)
+            events.append(event)
+
+        engine_run = nst_client.EngineRun([sys.executable], request, on_event)
+        while engine_run.read_available():
+            pass
+        engine_run.outcome()
+    return speed, events
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("photo", type=Path)
+    parser.add_argument("style", type=Path)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--cold", type=int, default=3, help="cold starts timed")
+    args = parser.parse_args()
+    photo = load_picture(args.photo).rgb.astype(np.float32)
+    height, width = photo.shape[:2]
+    base = {"style_strength": 0.5, "iterations": 200, "max_size": 0, "preserve_colors": False,
+            "seed": 0, "device": "auto"}
+
+    firsts = []
+    for _ in range(args.cold):
+        speed, _ = run(photo, args.style, {**base, "iterations": 3}, 2.0)
+        firsts.append(speed.first_seen["preview"])
+    print(json.dumps({"first_picture_s": statistics.median(firsts), "runs": firsts}),
+          flush=True)
+
+    calibration = None
+    for size in args.sizes:
+        settings = {**base, "max_size": size}
+        estimate = nst_client.estimate_seconds(calibration, width, height, settings)
+        speed, events = run(photo, args.style, settings, 2.0)
+        actual = speed.first_seen["result"]
+        previews = [e for e in events if e["event"] == "preview"]
+        result = events[-1]
+        print(json.dumps({
+            "size": size, "estimate_s": estimate, "actual_s": actual,
+            "estimate_error": None if estimate is None else estimate / actual - 1,
+            "steps": result["steps"], "stopped": result["stopped"],
+            "final_loss": [e for e in events if e["event"] == "progress"][-1]["loss"],
+            "previews": len(previews),
+            "preview_share": previews[-1]["write_s"] / actual if previews else 0.0,
+            "first_preview_s": speed.first_seen.get("preview"),
+        }), flush=True)
+        calibration = speed.calibration()
+
+
+if __name__ == "__main__":
+    main()
