@@ -9,10 +9,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, weights
-from .errors import EXIT_CODES, EngineError
+from . import __version__, files, stopping, weights
+from .errors import EXIT_CODES, EngineError, cancelled
 from .images import check_output_path, load_picture, save_picture
-from .protocol import Job, error_event, job_from_request, run_job, stdout_emitter, watch_stdin
+from .protocol import Emitter, Job, error_event, job_from_request, run_job, watch_stdin
 from .settings import DEFAULTS, KNOBS, Settings
 from .transfer import Control
 
@@ -76,7 +76,7 @@ def _add_stylize(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Neural style transfer (Gatys et al., VGG19).",
         epilog="exit codes: " + ", ".join(f"{c} {k}" for k, c in EXIT_CODES.items()),
     )
@@ -117,20 +117,17 @@ class _Bar:
         sys.stderr.flush()
 
 
-def _stylize(args, control: Control) -> int:
+def _stylize(args, control: Control, emit: Emitter) -> int:
     values = {key: getattr(args, key) for key in KNOBS if getattr(args, key) is not None}
     settings = Settings.from_dict(values)
     output = check_output_path(args.output)
     content = load_picture(args.content, "photo")
     styles = [load_picture(path, "style image") for path in args.styles]
-    mode = args.progress
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
-    emit = {"bar": _Bar(), "json": stdout_emitter(), "none": lambda event: None}[mode]
-    run_job(Job(content, styles, settings, output, save_picture), emit, control)
-    if mode == "bar":
+    show = {"bar": _Bar(), "json": emit, "none": lambda event: None}[args.progress]
+    run_job(Job(content, styles, settings, output, save_picture), show, control)
+    if args.progress == "bar":
         sys.stderr.write("\n")
-    if mode != "json":
+    if args.progress != "json":
         print(f"wrote {output}", file=sys.stderr)
     return 0
 
@@ -165,31 +162,45 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"{PROG}: warning: {message}\n"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, not a usage block before the line that matters."""
+
+    def error(self, message: str):
+        self.exit(EXIT_CODES["bad_input"],
+                  f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; every failure becomes one line on stderr and a distinct exit code."""
     warnings.formatwarning = _format_warning
     args = build_parser().parse_args(argv)
+    if getattr(args, "progress", None) == "auto":
+        args.progress = "bar" if sys.stderr.isatty() else "none"
     control = Control()
+    events = args.command == "run-request" or getattr(args, "progress", None) == "json"
+    emit = Emitter(on_gone=control.cancel.set)
 
-    def on_signal(signum, frame) -> None:
-        control.cancel.set()
-        signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+    def abort() -> None:  # from stopping, when the run did not stop in time
+        files.remove_temporaries()
+        _fail(events, emit, cancelled())
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    emit = stdout_emitter()
+    stopping.register(control.cancel.set, abort)
     try:
         if args.command == "stylize":
-            return _stylize(args, control)
+            return _stylize(args, control, emit)
         if args.command == "weights":
             return _weights(args)
-        watch_stdin(control, EXIT_CODES["cancelled"])
+        die_with_parent()
+        watch_stdin(control, stopping.request)
         run_job(job_from_request(args.request), emit, control)
         return 0
     except EngineError as error:
-        return _fail(args, emit, error)
+        return _fail(events, emit, error)
     except KeyboardInterrupt:
-        return _fail(args, emit, EngineError("cancelled", "cancelled; nothing was written"))
+        return _fail(events, emit, cancelled())
+    except MemoryError:
+        return _fail(events, emit, EngineError(
+            "out_of_memory", "out of memory; try a smaller --max-size or smaller images"))
     except Exception as exc:  # never a traceback for users; NST_DEBUG=1 shows it
         if os.environ.get("NST_DEBUG"):
             raise
@@ -197,12 +208,26 @@ def main(argv: list[str] | None = None) -> int:
             "internal", f"internal error ({type(exc).__name__}: {exc}); "
             "please report it with the command you ran (NST_DEBUG=1 shows details)"
         )
-        return _fail(args, emit, error)
+        return _fail(events, emit, error)
 
 
-def _fail(args, emit, error: EngineError) -> int:
-    if args.command == "run-request" or getattr(args, "progress", None) == "json":
+def die_with_parent() -> None:
+    """``run-request`` (Linux): SIGTERM when the parent dies, as the plug-in also asks.
+    ``stylize`` outlives the shell that started it, as commands do."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _fail(events: bool, emit: Emitter, error: EngineError) -> int:
+    if events:
         emit(error_event(error))
-    print(f"{PROG}: error: {error.message}", file=sys.stderr)
+    if not (error.kind == "cancelled" and emit.closed and not events):
+        try:
+            print(f"{PROG}: error: {error.message}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
     return error.exit_code
-

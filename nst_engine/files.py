@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+_temporaries: set[str] = set()  # being written now; removed if the process must end
 
 
 def _umask() -> int:
@@ -16,19 +18,35 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[str]:
-    """Yields a temporary path beside ``target``; renames it over ``target`` on success.
+def atomic_path(target: str | os.PathLike,
+                verify: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Yields a temporary path beside ``target``; renames it over ``target`` once it
+    is on disk (fsync) and ``verify(path)`` accepts it.
 
-    On any error the temporary file is removed and ``target`` is left as it was.
-    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
+    On any error the temporary file is removed and ``target`` is left as it was. The
+    temporary name is short, so any legal target name works. The file gets the
+    usual permissions (0666 less the umask), not mkstemp's 0600.
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=target.suffix)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".nst-", suffix=target.suffix[:16])
     os.close(fd)
+    _temporaries.add(tmp)
     try:
         yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())  # a full disk shows here at the latest
+        if verify is not None:
+            verify(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
+        _temporaries.discard(tmp)
         if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def remove_temporaries() -> None:
+    """Removes files :func:`atomic_path` is writing; for a process about to end at once."""
+    for tmp in list(_temporaries):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -20,7 +20,7 @@ import png
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from .errors import bad_input
+from .errors import EngineError, bad_input
 from .files import atomic_path
 
 MIN_SIDE = 16
@@ -59,6 +59,8 @@ def _from_channels(data: np.ndarray, scale: float, bits: int) -> Picture:
     channels = data.shape[2]
     if channels not in (1, 2, 3, 4):
         raise bad_input(f"images with {channels} channels are not supported")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise bad_input("the image contains NaN or infinite pixel values")
     color = data[..., : 1 if channels <= 2 else 3].astype(np.float32) / scale
     alpha = data[..., -1].copy() if channels in (2, 4) else None
     if channels <= 2:
@@ -92,16 +94,33 @@ def _read_png16(path: Path) -> Picture:
     return _from_channels(data.reshape(height, width, channels), 65535.0, 16)
 
 
-def _read_tiff_deep(path: Path) -> Picture:
+TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+def _read_tiff_deep(path: Path) -> Picture | None:
+    """16-bit and float TIFFs through tifffile (Pillow cannot read float RGB at all);
+    None for an 8-bit TIFF, which Pillow reads."""
     try:
-        data = tifffile.imread(path, key=0)
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            if page.dtype is None or page.dtype.itemsize == 1:
+                return None
+            data = page.asarray()
+            icc = page.tags.get(34675)
+            orientation = page.tags.get(274)
     except Exception as exc:  # e.g. a compression that needs imagecodecs
         raise bad_input(f"cannot read the 16/32-bit TIFF {path.name}: {exc}") from None
     if data.dtype == np.uint16:
-        return _from_channels(data, 65535.0, 16)
-    if data.dtype.kind == "f":
-        return _from_channels(data.astype(np.float32), 1.0, 32)
-    raise bad_input(f"TIFF sample type {data.dtype} is not supported")
+        picture = _from_channels(data, 65535.0, 16)
+    elif data.dtype.kind == "f":
+        picture = _from_channels(data.astype(np.float32), 1.0, 32)
+    else:
+        raise bad_input(f"TIFF sample type {data.dtype} is not supported")
+    picture.icc = bytes(icc.value) if icc is not None else None
+    picture.rgb = _orient(picture.rgb, orientation.value if orientation else 1)
+    if picture.alpha is not None and orientation is not None:
+        picture.alpha = _orient(picture.alpha[..., None], orientation.value)[..., 0]
+    return picture
 
 
 def _from_pillow(image: Image.Image) -> Picture:
@@ -127,6 +146,15 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
     if not path.is_file():
         raise bad_input(f"{what} not found: {path}")
     try:
+        with open(path, "rb") as handle:
+            deep_tiff = handle.read(4) in TIFF_SIGNATURES and _read_tiff_deep(path)
+    except OSError as exc:
+        raise bad_input(f"cannot read {what} {path.name}: {exc}") from None
+    except MemoryError:
+        raise _too_big(what, path) from None
+    if deep_tiff:
+        return _check_size(deep_tiff, f"{what} {path.name}")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
@@ -136,8 +164,6 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
                 deep = _is_deep(image, path)
                 if deep == "png":
                     picture = _read_png16(path)
-                elif deep == "tiff":
-                    picture = _read_tiff_deep(path)
                 else:
                     image.load()
                     picture = _from_pillow(image)
@@ -150,6 +176,8 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
         raise bad_input(f"{what} {path.name} is not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise bad_input(f"cannot read {what} {path.name}: {exc}") from None
+    except MemoryError:
+        raise _too_big(what, path) from None
     picture.rgb = _orient(picture.rgb, orientation)
     if picture.alpha is not None:
         picture.alpha = _orient(picture.alpha[..., None], orientation)[..., 0]
@@ -158,16 +186,17 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
 
 
 def _is_deep(image: Image.Image, path: Path) -> str | None:
-    """'png' / 'tiff' when the file holds more than 8 bits per channel in colour."""
+    """'png' when the file holds 16 bits per channel (TIFFs are sorted out before)."""
     if image.format == "PNG":
         with open(path, "rb") as handle:
             header = handle.read(26)
         return "png" if len(header) == 26 and header[24] == 16 else None
-    if image.format == "TIFF":
-        bits = image.tag_v2.get(258, (8,))
-        bits = bits[0] if isinstance(bits, tuple) else bits
-        return "tiff" if bits > 8 else None
     return None
+
+
+def _too_big(what: str, path: Path) -> EngineError:
+    return EngineError("out_of_memory", f"{what} {path.name} is too large to load into "
+                       "memory; use a smaller image")
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -234,7 +263,7 @@ def save_picture(picture: Picture, path: str | os.PathLike) -> None:
         picture = replace(picture, alpha=_convert_alpha(picture.alpha, bits))
     data = _channels_for_output(picture, bits)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, lambda tmp: _verify(tmp, kind, data.shape)) as tmp:
             if kind == "TIFF" and bits > 8:
                 photometric = "minisblack" if picture.gray else "rgb"
                 extra = ["unassalpha"] if picture.alpha is not None else None
@@ -251,6 +280,34 @@ def save_picture(picture: Picture, path: str | os.PathLike) -> None:
                 Image.fromarray(data).save(tmp, format=kind, **options)
     except OSError as exc:
         raise bad_input(f"cannot write {path}: {exc}") from None
+
+
+def _verify(path: str, kind: str, shape: tuple) -> None:
+    """Reads a written file back whole: a short write (a full disk that the encoder did
+    not notice) must fail here, before the file replaces anything."""
+    height, width = shape[:2]
+    try:
+        if kind == "TIFF":
+            size = tifffile.imread(path, key=0).shape[:2]
+        elif kind == "PNG" and _png_bit_depth(path) == 16:
+            reader_width, reader_height, rows, _ = png.Reader(filename=path).read()
+            count = sum(1 for _ in rows)
+            size = (reader_height, reader_width) if count == reader_height else (count, -1)
+        else:
+            with Image.open(path) as image:
+                image.load()
+                size = image.size[::-1]
+    except Exception as exc:  # any decoder's complaint means the file is not whole
+        raise OSError(f"the written file does not read back ({exc}); is the disk full?") \
+            from None
+    if tuple(size) != (height, width):
+        raise OSError("the written file is incomplete; is the disk full?")
+
+
+def _png_bit_depth(path: str) -> int:
+    with open(path, "rb") as handle:
+        header = handle.read(26)
+    return header[24] if len(header) == 26 else 0
 
 
 def _dtype_for(bits: int) -> np.dtype:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import EngineError
+from .errors import EngineError, bad_input
 from .settings import MIN_WORK_SIDE
 
 MIN_SCALE_SIDE = 128  # coarsest scale's longest side
@@ -61,9 +61,20 @@ def plan_scales(width: int, height: int, max_size: int, iterations: int) -> list
     style's large structures, take about a seventh of the top scale's time; steps
     beyond a few dozen there barely change where the top scale ends up, and the
     top scale needs its steps to redraw the fine texture that enlarging blurs.
+
+    VGG needs a short side of at least ``MIN_WORK_SIDE``; a coarse scale of a
+    long, thin photo is widened to it, but never past the top scale, and a photo
+    so thin that even the top scale would exceed ``max_size`` is refused.
     """
-    longest = max(width, height)
+    longest, shortest = max(width, height), min(width, height)
     top = min(max_size, longest)
+    if shortest * top / longest < MIN_WORK_SIDE and longest * MIN_WORK_SIDE / shortest > \
+            max_size:
+        needed = math.ceil(longest * MIN_WORK_SIDE / shortest)
+        raise bad_input(
+            f"a {width}×{height} image is too thin for a max size of {max_size}: its short "
+            f"side would be under {MIN_WORK_SIDE} pixels; use a max size of at least "
+            f"{needed}, or crop it")
     sides = [top]
     while sides[-1] / 2 >= MIN_SCALE_SIDE:
         sides.append(sides[-1] / 2)

@@ -29,7 +29,6 @@ from .settings import Settings
 from .transfer import Control, Iterate, StyleTransfer, to_array
 
 PROTOCOL_VERSIONS = (1, 2)  # 2 adds stdin commands, timed previews, result.steps
-PARENT_GONE_GRACE_S = 10.0
 
 Emit = Callable[[dict], None]
 
@@ -117,22 +116,48 @@ def error_event(error: EngineError) -> dict:
     return {"event": "error", "kind": error.kind, "message": error.message}
 
 
-def stdout_emitter(stream=None) -> Emit:
-    stream = stream or sys.stdout
+class Emitter:
+    """Writes events as JSON lines, from any thread, and nothing after the last one
+    (``result`` or ``error``). A reader that went away (a closed pipe) is a quiet
+    cancellation: ``on_gone`` is called and nothing more is written."""
 
-    def emit(event: dict) -> None:
-        stream.write(json.dumps(event, separators=(",", ":")) + "\n")
-        stream.flush()
+    def __init__(self, stream=None, on_gone: Callable[[], None] | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.on_gone = on_gone
+        self.closed = False
+        self.lock = threading.Lock()
 
-    return emit
+    def __call__(self, event: dict) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = event["event"] in ("result", "error")
+            try:
+                self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.closed = True
+                _silence(self.stream)
+                if self.on_gone:
+                    self.on_gone()
 
 
-def watch_stdin(control: Control, exit_code: int) -> None:
+def _silence(stream) -> None:
+    """Points the stream's file descriptor at /dev/null, so that nothing (not even the
+    interpreter's final flush) fails on a pipe nobody reads."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def watch_stdin(control: Control, on_eof: Callable[[], None]) -> None:
     """Reads command lines on stdin: ``finish`` keeps the image as it is now,
-    ``cancel`` (or EOF: the parent closed the pipe or died) cancels.
+    ``cancel`` cancels, and EOF (the parent closed the pipe or died) calls ``on_eof``.
 
-    Only a pipe is watched: a terminal or /dev/null would cancel at once. If the
-    run has not ended a grace period after EOF, the process exits on its own.
+    Only a pipe is watched: a terminal or /dev/null would cancel at once.
     """
     try:
         fd = sys.stdin.fileno()
@@ -156,10 +181,7 @@ def watch_stdin(control: Control, exit_code: int) -> None:
                         control.cancel.set()
         except OSError:
             pass
-        control.cancel.set()
-        timer = threading.Timer(PARENT_GONE_GRACE_S, os._exit, args=(exit_code,))
-        timer.daemon = True
-        timer.start()
+        on_eof()
 
     threading.Thread(target=read_commands, name="stdin-commands", daemon=True).start()
 
@@ -196,12 +218,26 @@ def _load_content(path: Path) -> Picture:
         raise bad_input(f"content array not found: {path}") from None
     except (OSError, ValueError) as exc:
         raise bad_input(f"content array {path.name} is unreadable: {exc}") from None
+    except MemoryError:
+        raise bad_input(f"content array {path.name} claims a size that does not fit in "
+                        "memory") from None
     return picture_from_array(data)
 
 
 def _write_array(picture: Picture, output: Path) -> None:
-    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, picture_to_array(picture), allow_pickle=False)
+    data = picture_to_array(picture)
+
+    def verify(path: str) -> None:
+        written = np.load(path, mmap_mode="r", allow_pickle=False)
+        if written.shape != data.shape or os.path.getsize(path) < data.nbytes:
+            raise OSError("the result array is incomplete; is the disk full?")
+
+    try:
+        with atomic_path(output, verify) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, data, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise bad_input(f"cannot write the result {output}: {exc}") from None
 
 
 def job_from_request(request_path: Path) -> Job:

