@@ -27,6 +27,11 @@ Usage: ./install.sh [options]
   --no-weights         skip the weights step
   --gimp-profile DIR   install into this GIMP profile only (default: every GIMP 3
                        profile found)
+  --remote USER@HOST   run the engine on that machine over SSH (it needs
+                       ./install.sh there, and ssh USER@HOST must log in without a
+                       password prompt, e.g. with a key); --remote "" goes back to local
+  --remote-python PATH the engine's Python there (default: install.sh's,
+                       ~/.local/share/nst-engine/venv/bin/python)
   --check              report what is installed and working; change nothing
   --uninstall          remove the plug-in and its config from the GIMP profiles
   --purge              with --uninstall: also remove the environment and weights
@@ -42,7 +47,7 @@ warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 python_arg="" venv="" torch_index="" weights_file="" tv_weights=0 no_weights=0
-profiles_arg=() mode=install purge=0
+profiles_arg=() mode=install purge=0 remote_host=unset remote_python=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python_arg=${2:?--python needs a path}; shift 2 ;;
@@ -53,6 +58,8 @@ while [ $# -gt 0 ]; do
     --torchvision-weights) tv_weights=1; shift ;;
     --no-weights) no_weights=1; shift ;;
     --gimp-profile) profiles_arg+=("${2:?--gimp-profile needs a folder}"); shift 2 ;;
+    --remote) remote_host=${2?--remote needs USER@HOST}; shift 2 ;;
+    --remote-python) remote_python=${2:?--remote-python needs a path}; shift 2 ;;
     --check) mode=check; shift ;;
     --uninstall) mode=uninstall; shift ;;
     --purge) mode=uninstall; purge=1; shift ;;
@@ -85,14 +92,26 @@ else
   done
 fi
 
-write_config() {  # profile-dir, launcher-json
+write_config() {  # profile-dir, launcher-json; keeps a remote set before unless told
   local target="$1/plug-ins/$PLUGIN"
-  "$engine_python" - "$target/nst-engine.json" "$engine_python" "$2" <<'PY'
+  "$engine_python" - "$target/nst-engine.json" "$engine_python" "$2" "$remote_host" \
+    "$remote_python" "${3:-}" <<'PY'
 import json, os, sys, tempfile
 path, python, launcher = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+host, remote_python, old = sys.argv[4], sys.argv[5], sys.argv[6]
 config = {"python": python}
 if launcher:
     config["launcher"] = launcher
+try:
+    previous = json.loads(old).get("remote") if old else None
+except ValueError:
+    previous = None
+if host == "unset" and previous:
+    config["remote"] = previous
+elif host not in ("unset", ""):
+    config["remote"] = {"host": host}
+    if remote_python:
+        config["remote"]["python"] = remote_python
 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
 with os.fdopen(fd, "w") as handle:
     json.dump(config, handle, indent=1)
@@ -108,9 +127,11 @@ install_plugin() {  # profile-dir, launcher-json
   cp "$SRC/gimp_plugin/$PLUGIN/"*.py "$staging/"
   chmod 755 "$staging" "$staging/$PLUGIN.py"
   chmod 644 "$staging/nst_client.py"
+  local old=""
+  [ -f "$plugins/$PLUGIN/nst-engine.json" ] && old=$(cat "$plugins/$PLUGIN/nst-engine.json")
   rm -rf "${plugins:?}/$PLUGIN"
   mv "$staging" "$plugins/$PLUGIN"
-  write_config "$1" "$2"
+  write_config "$1" "$2" "$old"
   say "plug-in installed in $plugins/$PLUGIN"
 }
 
@@ -129,6 +150,7 @@ check() {
     else bad "$dir: plug-in not installed" "run ./install.sh"
     fi
     if [ -f "$dir/plug-ins/$PLUGIN/nst-engine.json" ]; then ok "$dir: engine config present"
+      check_remote "$dir/plug-ins/$PLUGIN/nst-engine.json"
     elif [ -f "$plugin" ]; then bad "$dir: engine config missing" "run ./install.sh"
     fi
   done
@@ -176,6 +198,20 @@ PY
   fi
   if [ $problems -eq 0 ]; then echo "All good."; else echo "$problems problem(s) found."; fi
   [ $problems -eq 0 ]
+}
+
+check_remote() {  # config: reports the SSH engine, if one is set, and tries it
+  local host python
+  host=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])).get("remote") or {}; print(r.get("host",""))' "$1" 2>/dev/null) || host=""
+  [ -n "$host" ] || return 0
+  python=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["remote"]; print(r.get("python") or ".local/share/nst-engine/venv/bin/python")' "$1")
+  # ssh hands the remote shell one line: quote each word for it
+  if ssh -o BatchMode=yes -o ConnectTimeout=15 ${NST_SSH_OPTIONS:-} -- "$host" \
+      "$(printf '%q ' "$python" -m nst_engine --version)" >/dev/null 2>&1; then
+    ok "engine on $host over SSH: $python"
+  else
+    bad "engine on $host over SSH does not answer" "check 'ssh $host' logs in without a password, and run ./install.sh there"
+  fi
 }
 
 has_nvidia_gpu() {  # the driver is loaded, or nvidia-smi lists a GPU

@@ -29,6 +29,21 @@ if ! NST_DATA_DIR=$NST_TEST_DATA_DIR "$venv/bin/python" -m nst_engine weights st
     || echo "WARNING: no real weights: the tests that need them will skip (fail in CI)" >&2
 fi
 
+# The SSH tests start their own sshd (tests/sshd.py): without one installed, unpack
+# Debian's openssh-server into the cache (never installed, never started as a service).
+sshd_dir=$cache/sshd
+if [ "$(id -u)" = 0 ] && ! command -v sshd >/dev/null && [ ! -x "$sshd_dir/usr/sbin/sshd" ] \
+    && command -v apt-get >/dev/null; then
+  echo "==> unpacking Debian's openssh-server into $sshd_dir (for the SSH tests)"
+  debs=$(mktemp -d)
+  (cd "$debs" && { apt-get download openssh-server libwrap0 >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get download openssh-server libwrap0 >/dev/null; }; }) \
+    && for deb in "$debs"/*.deb; do dpkg -x "$deb" "$sshd_dir"; done \
+    || echo "WARNING: no sshd for the SSH tests: they will skip (fail in CI)" >&2
+  rm -rf "$debs"
+fi
+export NST_TEST_CACHE=$cache
+
 echo "==> ruff"
 "$venv/bin/ruff" check .
 echo "==> pytest"

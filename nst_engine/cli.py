@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, files, stopping, weights
+from . import __version__, files, service, stopping, weights
 from .errors import EXIT_CODES, EngineError, cancelled
 from .images import check_output_path, load_picture, save_picture
-from .protocol import Emitter, Job, error_event, job_from_request, run_job, watch_stdin
+from .protocol import (
+    Emitter,
+    Job,
+    error_event,
+    file_deliverer,
+    job_from_request,
+    run_job,
+    watch_stdin,
+)
 from .settings import DEFAULTS, KNOBS, Settings
+from .stream import serve_one
 from .transfer import Control
 
 PROG = "nst-engine"
@@ -98,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run-request", help="run a plug-in request (docs/protocol.md)")
     r.add_argument("request", type=Path)
+    sub.add_parser("stream", help="run one protocol-3 request from stdin, answering on "
+                   "stdout (docs/protocol.md)")
+    s = sub.add_parser("serve", help="the warm engine: serve protocol-3 requests on a "
+                       "private Unix socket until idle")
+    c = sub.add_parser("connect", help="join stdin/stdout to the warm engine, starting it "
+                       "when needed (what the plug-in runs, locally or over ssh)")
+    for command in (s, c):
+        command.add_argument("--idle-timeout", type=float, default=service.idle_default(),
+                             metavar="S", help="seconds without a request before the "
+                             "service exits (default %(default)s; $NST_SERVICE_IDLE_S)")
     return parser
 
 
@@ -124,7 +144,7 @@ def _stylize(args, control: Control, emit: Emitter) -> int:
     content = load_picture(args.content, "photo")
     styles = [load_picture(path, "style image") for path in args.styles]
     show = {"bar": _Bar(), "json": emit, "none": lambda event: None}[args.progress]
-    run_job(Job(content, styles, settings, output, save_picture), show, control)
+    run_job(Job(content, styles, settings, file_deliverer(output, save_picture)), show, control)
     if args.progress == "bar":
         sys.stderr.write("\n")
     if args.progress != "json":
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "progress", None) == "auto":
         args.progress = "bar" if sys.stderr.isatty() else "none"
     control = Control()
-    events = args.command == "run-request" or getattr(args, "progress", None) == "json"
+    events = args.command in ("run-request", "stream") or getattr(args, "progress", None) == "json"
     emit = Emitter(on_gone=control.cancel.set)
 
     def abort() -> None:  # from stopping, when the run did not stop in time
@@ -190,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             return _stylize(args, control, emit)
         if args.command == "weights":
             return _weights(args)
+        if args.command == "serve":
+            return service.serve(args.idle_timeout)
+        if args.command == "connect":
+            return service.connect(args.idle_timeout)
         die_with_parent()
+        if args.command == "stream":
+            serve_one(functools.partial(os.read, sys.stdin.fileno()), emit, control)
+            return 0
         watch_stdin(control, stopping.request)
         run_job(job_from_request(args.request), emit, control)
         return 0

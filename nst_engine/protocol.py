@@ -26,31 +26,41 @@ from .errors import EngineError, bad_input
 from .files import atomic_path
 from .images import Picture, load_picture, picture_from_array, picture_to_array, save_picture
 from .settings import Settings
-from .transfer import Control, Iterate, StyleTransfer, to_array
+from .transfer import Control, Iterate, StyleTransfer, Warm, to_array
 
 PROTOCOL_VERSIONS = (1, 2)  # 2 adds stdin commands, timed previews, result.steps
 
 Emit = Callable[[dict], None]
+Deliver = Callable[[Picture], dict]  # hands a picture over; returns the event's fields
 
 
 @dataclass
 class Job:
-    """One run: what to paint, how, and where the result goes."""
+    """One run: what to paint, how, and how the result and previews are handed over
+    (files for ``run-request`` and ``stylize``, frames for the stream, ``stream.py``)."""
 
     content: Picture
     styles: Sequence[Picture]
     settings: Settings
-    output: Path
-    write: Callable[[Picture, Path], None]
+    deliver: Deliver
+    preview: Deliver | None = None
     preview_every: int = 0  # steps; 0: off (protocol 1)
     preview_interval_s: float = 0.0  # seconds, plus every scale's end; 0: off
-    preview_path: Path | None = None
 
 
-def run_job(job: Job, emit: Emit, control: Control) -> Path:
-    """Plans, emits ``started``, optimises with ``progress``/``preview`` events, writes
-    the output and emits ``result``. Raises EngineError."""
-    engine = StyleTransfer(job.settings)
+def file_deliverer(output: Path, write: Callable[[Picture, Path], None]) -> Deliver:
+    def deliver(picture: Picture) -> dict:
+        write(picture, output)
+        return {"path": str(output)}
+
+    return deliver
+
+
+def run_job(job: Job, emit: Emit, control: Control, warm: Warm | None = None) -> dict:
+    """Plans, emits ``started``, optimises with ``progress``/``preview`` events, hands
+    the result over and emits ``result`` (returned). ``warm`` keeps the network and
+    style targets for the next run (the service). Raises EngineError."""
+    engine = StyleTransfer(job.settings, warm)
     width, height = job.content.size
     scales = engine.plan(width, height)
     emit({
@@ -58,16 +68,17 @@ def run_job(job: Job, emit: Emit, control: Control) -> Path:
         "width": width, "height": height, "total": sum(s.ticks for s in scales),
         "max_size": engine.max_size,
         "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
+        "engine_pid": os.getpid(), "loaded_network": engine.loaded_network,
     })
     previews = _Previews(job, emit)
     result = engine.stylize(job.content, job.styles,
                             lambda it: (emit(progress_event(it)), previews.offer(it)),
                             control, scales)
     control.check()
-    job.write(result.picture, job.output)
-    emit({"event": "result", "path": str(job.output), "steps": result.steps,
-          "stopped": result.stopped})
-    return job.output
+    event = {"event": "result", **job.deliver(result.picture), "steps": result.steps,
+             "stopped": result.stopped}
+    emit(event)
+    return event
 
 
 class _Previews:
@@ -80,7 +91,7 @@ class _Previews:
 
     def due(self, it: Iterate) -> bool:
         job = self.job
-        if job.preview_path is None:
+        if job.preview is None:
             return False
         if job.preview_every and it.step % job.preview_every == 0 and it.step < it.total:
             return True
@@ -93,12 +104,11 @@ class _Previews:
         if not self.due(it):
             return
         start = time.monotonic()
-        with atomic_path(self.job.preview_path) as tmp:
-            save_picture(Picture(to_array(it.image), bits=8), tmp)
+        fields = self.job.preview(Picture(to_array(it.image), bits=8))
         self.last = time.monotonic()
         self.seconds += self.last - start
-        self.emit({"event": "preview", "path": str(self.job.preview_path), "step": it.step,
-                   "scale": it.scale, "width": it.width, "height": it.height,
+        self.emit({"event": "preview", **fields, "step": it.step, "scale": it.scale,
+                   "width": it.width, "height": it.height,
                    "write_s": round(self.seconds, 3)})
 
 
@@ -122,22 +132,27 @@ class Emitter:
     cancellation: ``on_gone`` is called and nothing more is written."""
 
     def __init__(self, stream=None, on_gone: Callable[[], None] | None = None) -> None:
-        self.stream = stream or sys.stdout
+        self.stream = stream or sys.stdout.buffer  # binary: payloads follow lines raw
         self.on_gone = on_gone
         self.closed = False
         self.lock = threading.Lock()
 
     def __call__(self, event: dict) -> None:
+        """Writes the event; a ``_payload`` (bytes) follows its line raw, and the line
+        says how long it is (``bytes``): the stream's framing, ``stream.py``."""
         with self.lock:
             if self.closed:
                 return
             self.closed = event["event"] in ("result", "error")
+            payload = event.pop("_payload", b"")
             try:
-                self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+                line = json.dumps(event, separators=(",", ":")) + "\n"
+                self.stream.write(line.encode() + payload)
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
+            except (BrokenPipeError, ConnectionError, ValueError):
                 self.closed = True
-                _silence(self.stream)
+                if self.stream is sys.stdout.buffer:
+                    _silence(self.stream)
                 if self.on_gone:
                     self.on_gone()
 
@@ -269,6 +284,13 @@ def job_from_request(request_path: Path) -> Job:
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
             or not 0 <= interval < 1e6:
         raise bad_input("preview_interval_s must be a non-negative number of seconds")
-    wants_previews = preview_every or interval
-    return Job(content, styles, settings, output, _write_array, preview_every, float(interval),
-               output.with_name("preview.png") if wants_previews else None)
+    preview = None
+    if preview_every or interval:
+        preview = file_deliverer(output.with_name("preview.png"), _write_preview)
+    return Job(content, styles, settings, file_deliverer(output, _write_array), preview,
+               preview_every, float(interval))
+
+
+def _write_preview(picture: Picture, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_picture(picture, tmp)

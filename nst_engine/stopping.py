@@ -66,13 +66,16 @@ def request() -> None:
 def abort() -> None:
     """Reports the cancellation (through the registered ``abort``, or by hand before
     the command line was read) and ends the process."""
-    if _state["abort"] is not None:
-        _state["abort"]()
-    else:
-        sys.stderr.write("nst-engine: error: cancelled; nothing was written\n")
-        if "run-request" in sys.argv[1:2]:
-            sys.stdout.write('{"event":"error","kind":"cancelled",'
-                             '"message":"cancelled; nothing was written"}\n')
+    try:
+        if _state["abort"] is not None:
+            _state["abort"]()
+        else:
+            sys.stderr.write("nst-engine: error: cancelled; nothing was written\n")
+            if sys.argv[1:2] in (["run-request"], ["stream"], ["connect"]):
+                sys.stdout.write('{"event":"error","kind":"cancelled",'
+                                 '"message":"cancelled; nothing was written"}\n')
+    except (OSError, ValueError):
+        pass  # nobody reads any more: ending is all that is left
     _flush_and_exit()
 
 

@@ -8,9 +8,12 @@ drops everything, *finish* keeps the image as it is now.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -88,17 +91,54 @@ def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
-class StyleTransfer:
-    """Loads VGG19 once; :meth:`stylize` runs the coarse-to-fine optimisation."""
+class Warm:
+    """What a long-lived engine (the service) keeps between runs: the loaded networks
+    and the style targets of recently used style images."""
 
-    def __init__(self, settings: Settings) -> None:
+    GRAMS_KEPT = 32  # style images × scales
+
+    def __init__(self) -> None:
+        self.networks: dict[tuple, tuple[VGGFeatures, str]] = {}
+        self.grams: OrderedDict[tuple, dict] = OrderedDict()
+        self.hits = 0
+
+    def network(self, key: tuple, load: Callable[[], tuple[VGGFeatures, str]]):
+        if key not in self.networks:
+            self.networks.clear()  # one network at a time: memory over reuse
+            self.networks[key] = load()
+        return self.networks[key]
+
+    def gram(self, key: tuple, compute: Callable[[], dict]) -> dict:
+        if key in self.grams:
+            self.hits += 1
+            self.grams.move_to_end(key)
+            return self.grams[key]
+        value = self.grams[key] = compute()
+        while len(self.grams) > self.GRAMS_KEPT:
+            self.grams.popitem(last=False)
+        return value
+
+
+class StyleTransfer:
+    """Loads VGG19 (or takes it from ``warm``); :meth:`stylize` runs the coarse-to-fine
+    optimisation."""
+
+    def __init__(self, settings: Settings, warm: Warm | None = None) -> None:
         settings.validate()
         self.settings = settings
+        self.warm = warm
         self.device = devices.pick(settings.device)
         self.autocast = self.device.type == "cuda"  # bf16 VGG pass; Grams and losses fp32
-        state, self.family = weights.load(settings.weights)
         layers = (settings.content_layer, *settings.style_layers)
-        self.vgg = VGGFeatures(state, self.family, layers, settings.pooling).to(self.device)
+        spec = settings.weights or os.environ.get("NST_WEIGHTS") or "original"
+        self.network_key = (spec, layers, settings.pooling, str(self.device))
+
+        def load() -> tuple[VGGFeatures, str]:
+            state, family = weights.load(spec)
+            return VGGFeatures(state, family, layers, settings.pooling).to(self.device), family
+
+        self.loaded_network = warm is None or self.network_key not in warm.networks
+        self.vgg, self.family = warm.network(self.network_key, load) if warm else load()
 
     @property
     def max_size(self) -> int:
@@ -122,16 +162,24 @@ class StyleTransfer:
         return planning.tile_scales(scales, self.work_budget(width * height))
 
     def style_grams(self, styles: Sequence[torch.Tensor], side: float, budget: float,
-                    control: Control | None = None) -> dict:
+                    control: Control | None = None, keys: Sequence[str] = ()) -> dict:
         """Blended Gram targets of the style images resized to ``style_scale × side``,
-        each computed within ``budget`` bytes (see :meth:`grams`)."""
+        each computed within ``budget`` bytes (see :meth:`grams`), or taken from the
+        warm cache by the style's ``keys`` (content hashes)."""
         s = self.settings
         grams = []
-        for style in styles:
+        for index, style in enumerate(styles):
             factor = side * s.style_scale / max(style.shape[-2:])
             size = (max(MIN_WORK_SIDE, round(style.shape[-1] * factor)),
                     max(MIN_WORK_SIDE, round(style.shape[-2] * factor)))
-            grams.append(self.grams(resize(style, *size), budget, control))
+
+            def compute(style=style, size=size) -> dict:
+                return self.grams(resize(style, *size), budget, control)
+
+            if self.warm is not None and index < len(keys):
+                grams.append(self.warm.gram((keys[index], size, self.network_key), compute))
+            else:
+                grams.append(compute())
         return blended_grams(grams, s.style_blend or (1.0,) * len(styles))
 
     def grams(self, image: torch.Tensor, budget: float, control: Control | None = None) -> dict:
@@ -258,6 +306,8 @@ class _Run:
         budget = engine.work_budget(width * height)
         full = to_tensor(content.rgb, device)
         style_images = [to_tensor(style.rgb, device) for style in styles]
+        keys = [hashlib.sha1(style.rgb.tobytes()).hexdigest() for style in styles] \
+            if engine.warm is not None else []
         image = None
         for index, scale in enumerate(self.scales, start=1):
             self.control.check()
@@ -266,7 +316,7 @@ class _Run:
             start = engine.initial(target) if image is None else resize(
                 image, scale.width, scale.height)
             grams = engine.style_grams(style_images, max(scale.width, scale.height), budget,
-                                       self.control)
+                                       self.control, keys)
             image = start.detach().clamp(0, 1)
             top = index == len(self.scales)
             for tile in scale.regions():

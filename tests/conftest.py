@@ -12,9 +12,15 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "gimp_plugin" / "neural-style-tr
 
 @pytest.fixture(autouse=True)
 def isolated_engine(tmp_path, monkeypatch):
-    """Random weights and an empty data folder unless a test asks otherwise."""
+    """Random weights, an empty data folder and a runtime folder of its own (so a warm
+    engine service a test starts is that test's, and exits soon) unless a test asks
+    otherwise."""
     monkeypatch.setenv("NST_WEIGHTS", "random")
     monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "nst-data"))
+    runtime = tmp_path.parent / f"{tmp_path.name}-run"  # beside: tests list tmp_path
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("NST_SERVICE_IDLE_S", "3")
     monkeypatch.delenv("NST_DEBUG", raising=False)
 
 

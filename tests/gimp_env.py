@@ -85,6 +85,7 @@ class Gimp:
             "GIMP3_DIRECTORY": self.inside(self.profile),
             "NST_DATA_DIR": self.inside(self.scratch / "data"),
             "NST_WEIGHTS": "random",
+            "NST_SERVICE_IDLE_S": "5",  # the warm engine goes soon after the tests
             "LANG": "C.UTF-8",
         }
         if self.root:
@@ -109,9 +110,9 @@ class Gimp:
         done.stdout = done.stdout + "\n" + done.stderr
         return done
 
-    def engines(self) -> dict[int, tuple[int, str]]:
-        """Running engines (``run-request``) of this GIMP: pid → (parent pid, request
-        as this process sees it)."""
+    def engines(self, command: bytes) -> dict[int, int]:
+        """Engine processes (``nst_engine <command>``) running in this GIMP's root:
+        pid → parent pid."""
         found = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -119,13 +120,14 @@ class Gimp:
             try:
                 args = (entry / "cmdline").read_bytes().split(b"\0")
                 stat = (entry / "stat").read_text()
+                root = os.readlink(entry / "root")
             except OSError:
                 continue
-            if b"run-request" not in args or len(args) < 2:
+            if b"nst_engine" not in args or command not in args:
                 continue
-            request = args[args.index(b"run-request") + 1].decode()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            found[int(entry.name)] = (parent, str(self.host_path(request)))
+            if root != str(self.root or "/"):
+                continue
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
         return found
 
     def host_path(self, inside_path: str) -> Path:

@@ -1,4 +1,5 @@
-"""The plug-in's pure-Python side (no GIMP): .npy I/O, engine lookup, environment, runs."""
+"""The plug-in's pure-Python side (no GIMP): engine lookup, environment, runs over the
+stream protocol, error paths, estimates."""
 
 import json
 import os
@@ -8,20 +9,6 @@ import sys
 import nst_client
 import numpy as np
 import pytest
-
-
-def test_npy_written_by_hand_reads_in_numpy_and_back(tmp_path):
-    data = np.random.default_rng(0).random((7, 9, 4), dtype=np.float32)
-    nst_client.write_npy(tmp_path / "a.npy", data.tobytes(), data.shape)
-    assert np.array_equal(np.load(tmp_path / "a.npy"), data)
-    np.save(tmp_path / "b.npy", data.astype(">f4"))
-    raw, shape = nst_client.read_npy(tmp_path / "b.npy")
-    assert shape == (7, 9, 4) and raw == data.tobytes()
-    with pytest.raises(ValueError):
-        nst_client.write_npy(tmp_path / "c.npy", b"\0" * 12, (2, 2, 1))
-    (tmp_path / "d.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-8])
-    with pytest.raises(ValueError, match="truncated"):
-        nst_client.read_npy(tmp_path / "d.npy")
 
 
 def test_environment_is_cleaned_but_keeps_nst_variables():
@@ -51,19 +38,30 @@ def test_arguments_map_onto_engine_settings_by_name():
     assert Settings.from_dict(settings(**{"max-size": 0})).auto_size  # 0: automatic
 
 
-def test_find_engine_from_config_and_override(tmp_path, monkeypatch):
+def test_engine_command_from_config_override_and_remote(tmp_path, monkeypatch):
     monkeypatch.delenv("NST_ENGINE_PYTHON", raising=False)
+    monkeypatch.delenv("NST_SSH_OPTIONS", raising=False)
     with pytest.raises(nst_client.ClientError) as info:
-        nst_client.find_engine(tmp_path)
+        nst_client.engine_command(tmp_path)
     assert info.value.kind == "not_installed" and "install.sh" in info.value.message
-    (tmp_path / "nst-engine.json").write_text(json.dumps({"python": sys.executable}))
-    assert nst_client.find_engine(tmp_path) == [sys.executable]
-    (tmp_path / "nst-engine.json").write_text(json.dumps(
+    config = tmp_path / "nst-engine.json"
+    config.write_text(json.dumps({"python": sys.executable}))
+    assert nst_client.engine_command(tmp_path) == (
+        [sys.executable, "-m", "nst_engine", "connect"], "this computer")
+    config.write_text(json.dumps(
         {"python": "/host/python", "launcher": ["flatpak-spawn", "--host"]}))
-    assert nst_client.find_engine(tmp_path) == ["flatpak-spawn", "--host", "/host/python"]
+    assert nst_client.engine_command(tmp_path)[0][:3] == ["flatpak-spawn", "--host",
+                                                          "/host/python"]
+    config.write_text(json.dumps({"python": sys.executable, "remote": {
+        "host": "me@gpu-box", "python": "/opt/nst env/bin/python"}}))
+    command, where = nst_client.engine_command(tmp_path)
+    assert where == "me@gpu-box" and command[0] == "ssh" and "BatchMode=yes" in command
+    # the remote command line is quoted word by word for the remote shell
+    assert command[-2:] == ["me@gpu-box", "'/opt/nst env/bin/python' -m nst_engine connect"]
     monkeypatch.setenv("NST_ENGINE_PYTHON", str(tmp_path / "missing-python"))
+    config.write_text(json.dumps({"python": sys.executable}))
     with pytest.raises(nst_client.ClientError, match="does not exist"):
-        nst_client.find_engine(tmp_path)
+        nst_client.engine_command(tmp_path)
 
 
 def test_workdir_is_private_and_stale_ones_are_removed(tmp_path):
@@ -74,35 +72,42 @@ def test_workdir_is_private_and_stale_ones_are_removed(tmp_path):
     assert not stale.exists() and str(os.getpid()) in os.path.basename(folder)
 
 
-def test_run_engine_reports_progress_and_result(tmp_path, painting):
-    layer = np.random.default_rng(1).random((30, 40, 3), dtype=np.float32)
-    nst_client.write_npy(tmp_path / "content.npy", layer.tobytes(), layer.shape)
-    request = nst_client.write_request(
-        str(tmp_path), "content.npy", str(painting),
-        settings(**{"style-strength": 0.5, "iterations": 3, "max-size": 64}))
+LOCAL = [sys.executable, "-m", "nst_engine", "connect"]
+
+
+def layer(height=30, width=40, channels=3, seed=1):
+    data = np.random.default_rng(seed).random((height, width, channels), dtype=np.float32)
+    return data, data.tobytes(), data.shape
+
+
+def test_run_engine_reports_progress_and_result(painting):
+    data, raw, shape = layer(channels=4)
     seen = []
-    result = nst_client.run_engine([sys.executable], request, seen.append)
-    assert [p.step for p in seen] == [1, 2, 3] and seen[-1].fraction == 1.0
-    data, shape = nst_client.read_npy(result)
-    assert shape == (30, 40, 3) and len(data) == 30 * 40 * 3 * 4
+    result = nst_client.run_engine(
+        LOCAL, settings(**{"style-strength": 0.5, "iterations": 3, "max-size": 64}), raw,
+        shape, str(painting), seen.append)
+    steps = [e["progress"].step for e in seen if e["event"] == "progress"]
+    assert steps == [1, 2, 3] and seen[0]["event"] in ("started", "queued")
+    assert tuple(result["shape"]) == shape and result["steps"] == 3
+    back = np.frombuffer(result["payload"], np.float32).reshape(shape)
+    assert np.array_equal(back[..., 3], data[..., 3])  # alpha bit for bit
 
 
-def test_run_engine_turns_engine_errors_into_messages(tmp_path, painting):
-    request = nst_client.write_request(str(tmp_path), "missing.npy", str(painting),
-                                       settings(iterations=3))
+def test_run_engine_turns_engine_errors_into_messages(tmp_path):
+    _, raw, shape = layer()
+    (tmp_path / "broken.jpg").write_bytes(b"not really a jpeg")
     with pytest.raises(nst_client.ClientError) as info:
-        nst_client.run_engine([sys.executable], request)
-    assert info.value.kind == "bad_input" and "not found" in info.value.message
-    message = nst_client.user_message(info.value)
-    assert "style image and the options" in message
+        nst_client.run_engine(LOCAL, settings(iterations=3), raw, shape,
+                              str(tmp_path / "broken.jpg"))
+    assert info.value.kind == "bad_input" and "broken.jpg" in info.value.message
+    assert "style image and the options" in nst_client.user_message(info.value)
 
 
 def test_engine_crash_without_event(tmp_path):
-    request = tmp_path / "request.json"
-    request.write_text("{}")
-    crash = [sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(9)", "--"]
+    crash = [sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(9)"]
+    _, raw, shape = layer()
     with pytest.raises(nst_client.ClientError, match="boom"):
-        nst_client.run_engine(crash, str(request))
+        nst_client.run_engine(crash, settings(), raw, shape, __file__)
 
 
 def test_eta_formatting():
@@ -111,11 +116,9 @@ def test_eta_formatting():
     assert nst_client.format_eta(3700) == "1 h 01 min"
 
 
-def fake_engine(tmp_path, script):
+def fake_engine(script):
     """An 'engine' that prints what ``script`` prints, for the plug-in's error paths."""
-    request = tmp_path / "request.json"
-    request.write_text("{}")
-    return [sys.executable, "-c", script, "--"], str(request)
+    return [sys.executable, "-c", "import sys; " + script]
 
 
 @pytest.mark.parametrize("output", [
@@ -123,12 +126,15 @@ def fake_engine(tmp_path, script):
     '{"event": "progress", "step": "x"}\n',  # a progress event without its numbers
     '{"event": "result"}\n',  # a result without a path
     '"result"\n{"event": 7}\n',
+    '{"event": "result", "shape": [30, 40, 3], "dtype": "<f4", "bytes": 12}\nshort',
+    '{"event": "result", "shape": [2, 2, 1], "dtype": "<f4", "bytes": 8}\n12345678',
 ])
 def test_malformed_engine_output_is_a_clear_message(tmp_path, monkeypatch, output):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    command, request = fake_engine(tmp_path, f"import sys; sys.stdout.write({output!r})")
+    command = fake_engine(f"sys.stdout.write({output!r})")
+    _, raw, shape = layer()
     with pytest.raises(nst_client.ClientError) as info:
-        nst_client.run_engine(command, request, lambda p: None)
+        nst_client.run_engine(command, settings(), raw, shape, __file__)
     assert info.value.kind == "internal"
     assert "stopped unexpectedly" in info.value.message
 
@@ -137,21 +143,15 @@ def test_internal_error_keeps_the_engine_log_in_the_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     script = ("import sys; sys.stderr.write('Traceback: deep trouble\\n' * 5000); "
               "print('{\"event\": \"error\", \"kind\": \"internal\", \"message\": \"boom\"}')")
+    _, raw, shape = layer()
     for _ in range(7):
-        command, request = fake_engine(tmp_path, script)
         with pytest.raises(nst_client.ClientError) as info:
-            nst_client.run_engine(command, request)
+            nst_client.run_engine(fake_engine(script), settings(), raw, shape, __file__)
     logs = sorted((tmp_path / "cache" / "nst-gimp" / "logs").glob("engine-*.log"))
     assert len(logs) == 5  # rotated: the newest five
     assert str(logs[-1]) in info.value.message and "boom" in info.value.message
     assert 0 < logs[-1].stat().st_size <= 64 * 1024  # small: the log's end
     assert logs[-1].read_text().endswith("deep trouble\n")
-
-
-def test_unreadable_result_array_raises_value_error(tmp_path):
-    (tmp_path / "r.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': nonsense")
-    with pytest.raises((ValueError, SyntaxError)):
-        nst_client.read_npy(tmp_path / "r.npy")
 
 
 @pytest.mark.parametrize("size", [(100, 100), (1080, 720), (4000, 30), (6000, 4000),
@@ -185,7 +185,7 @@ def test_speed_log_calibrates_and_estimates(tmp_path):
             log.on_event(nst_client.parse_event(json.dumps(event).encode()))
     log.on_event({"event": "result", "path": "x", "steps": 25, "stopped": "converged"})
     calibration = log.calibration()
-    assert calibration["device"] == "cpu" and calibration["top_fraction"] == 0.75
+    assert calibration["device"] == "cpu" and calibration["top_fractions"] == {"256": 0.75}
     assert 3.5 < calibration["startup_s"] < 4.5
     path = tmp_path / "calibration.json"
     nst_client.save_calibration(path, calibration)
@@ -200,12 +200,8 @@ def test_speed_log_calibrates_and_estimates(tmp_path):
     assert "first run" in nst_client.format_estimate(None, None)
 
 
-def test_a_full_disk_is_an_os_error_the_plugin_reports(tmp_path):
-    """The plug-in turns OSError from writing the layer into a message (Failure)."""
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full on this system")
-    with pytest.raises(OSError):
-        nst_client.write_npy("/dev/full", b"\0" * 4 * 64 * 64 * 3, (64, 64, 3))
+def test_a_temporary_folder_that_cannot_be_made_is_an_os_error(tmp_path):
+    """The plug-in turns it into a message (Failure: 'Could not start the engine')."""
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(OSError):  # a temporary folder that cannot be made
+    with pytest.raises(OSError):
         nst_client.make_workdir(str(tmp_path / "a-file" / "below"))

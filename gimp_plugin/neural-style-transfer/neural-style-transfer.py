@@ -9,7 +9,6 @@ this file; the protocol is in nst_client.py.
 """
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -74,41 +73,29 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
     intersects, x, y, width, height = drawable.mask_intersect()
     if not intersects:
         raise Failure("The selection does not touch this layer.")
-    engine = nst_client.find_engine(PLUGIN_DIR)
+    command, where = nst_client.engine_command(PLUGIN_DIR)
     fmt, channels = pixel_format(drawable)
-    # Behind flatpak-spawn the engine runs on the host: use a folder it can see.
-    shared = os.path.join(GLib.get_user_cache_dir(), "nst-gimp") if len(engine) > 1 else None
-    try:
-        workdir = nst_client.make_workdir(shared)
-    except OSError as exc:
-        raise Failure(f"Could not make a temporary folder for the engine: {exc}") from None
     Gimp.progress_init("Neural style transfer: reading the layer")
     try:
         rect = Gegl.Rectangle.new(x, y, width, height)
-        pixels = drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
-        try:
-            nst_client.write_npy(os.path.join(workdir, "content.npy"), bytes(pixels),
-                                 (height, width, channels))
-            request = nst_client.write_request(
-                workdir, "content.npy", style_path, settings,
-                PREVIEW_INTERVAL_S if interactive else 0.0)
-        except OSError as exc:
-            raise Failure(f"Could not write the layer for the engine into {workdir} "
-                          f"(is the disk full?): {exc}") from None
-        del pixels
+        pixels = bytes(drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
         speed = nst_client.SpeedLog()
+        try:
+            run = nst_client.EngineRun(command, None, where)
+        except OSError as exc:
+            raise Failure(f"Could not start the engine: {exc}") from None
+        run.send_request(settings, pixels, (height, width, channels), style_path,
+                         PREVIEW_INTERVAL_S if interactive else 0.0)
+        del pixels
         if interactive:
-            result = RunWindow(engine, request, speed, os.path.basename(style_path)).run()
+            result = RunWindow(run, speed, os.path.basename(style_path), where).run()
         else:
-            result = run_with_progress_bar(engine, request, speed)
+            result = run_with_progress_bar(run, speed)
         speed.report()
         calibration = speed.calibration()
         if calibration:
             nst_client.save_calibration(CALIBRATION, calibration)
-        try:
-            data, shape = nst_client.read_npy(result["path"])
-        except (OSError, ValueError, KeyError, SyntaxError) as exc:
-            raise Failure(f"The engine's result could not be read: {exc}") from None
+        data, shape = result["payload"], tuple(result["shape"])
         if shape != (height, width, channels):
             raise Failure(f"The engine returned an array of shape {shape}, "
                           f"expected {(height, width, channels)}.")
@@ -116,13 +103,11 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
         add_result_layer(image, drawable, style_path, (x, y, width, height), fmt, data)
     finally:
         Gimp.progress_end()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_with_progress_bar(engine, request, speed):
+def run_with_progress_bar(run, speed):
     """A run without a window (scripts, batches): GIMP's progress bar shows the step."""
     Gimp.progress_set_text("Neural style transfer: starting the engine")
-    run = None
 
     def on_event(event):
         speed.on_event(event)
@@ -134,7 +119,7 @@ def run_with_progress_bar(engine, request, speed):
             f"Neural style transfer: step {p.step} of {p.total}, "
             f"about {nst_client.format_eta(p.eta_s)} left")
 
-    run = nst_client.EngineRun(engine, request, on_event)
+    run.on_event = on_event
     # SIGUSR1 is "Keep this result" for runs without a window (docs/protocol.md)
     signal.signal(signal.SIGUSR1, lambda *_: run.send("finish"))
     try:
@@ -153,7 +138,7 @@ class RunWindow:
     engine's events from GLib's main loop; closing it cancels the run.
     """
 
-    def __init__(self, engine, request, speed, style_name):
+    def __init__(self, run, speed, style_name, where):
         gi.require_version("Gtk", "3.0")
         gi.require_version("GdkPixbuf", "2.0")
         from gi.repository import GdkPixbuf, Gtk
@@ -163,7 +148,9 @@ class RunWindow:
         self.started = time.monotonic()
         self.last = None  # the last progress
         self.cancelled = False
-        self.run_ = nst_client.EngineRun(engine, request, self.on_event)
+        self.where = where
+        self.run_ = run
+        run.on_event = self.on_event
 
         window = Gtk.Window(title=f"Neural Style Transfer — {style_name}")
         window.set_default_size(1000, 700)
@@ -245,10 +232,13 @@ class RunWindow:
         kind = event["event"]
         if kind == "started":
             self.waiting.set_text("Working out the style…")
-            where = {"cpu": "the processor", "cuda": "the GPU", "mps": "the GPU"}
+            device = {"cpu": "processor", "cuda": "GPU", "mps": "GPU"}.get(
+                event.get("device"), "GPU")
             self.status.set_text(
                 f"{event.get('width')}×{event.get('height')} px, worked out at up to "
-                f"{event.get('max_size')} px on {where.get(event.get('device'), 'the GPU')}")
+                f"{event.get('max_size')} px on the {device} of {self.where}")
+        elif kind == "queued":
+            self.waiting.set_text("Waiting for the engine: another picture is being painted")
         elif kind == "progress":
             p = event["progress"]
             self.last = p
@@ -261,16 +251,23 @@ class RunWindow:
             Gimp.progress_update(p.fraction)
             Gimp.progress_set_text(f"Neural style transfer: step {p.step} of {p.total}")
         elif kind == "preview":
-            self.show_preview(event.get("path"))
+            self.show_preview(event["payload"])
         elif kind == "result":
             self.status.set_text("Adding the layer…")
 
-    def show_preview(self, path):
+    def show_preview(self, png):
         try:
+            loader = self.GdkPixbuf.PixbufLoader.new_with_type("png")
+            loader.write(png)
+            loader.close()
+            pixbuf = loader.get_pixbuf()
             allocation = self.picture.get_allocation()
             side = max(64, min(allocation.width, allocation.height))
-            pixbuf = self.GdkPixbuf.Pixbuf.new_from_file_at_scale(path, side, side, True)
-        except (GLib.Error, TypeError):
+            scale = side / max(pixbuf.get_width(), pixbuf.get_height())
+            pixbuf = pixbuf.scale_simple(max(1, round(pixbuf.get_width() * scale)),
+                                         max(1, round(pixbuf.get_height() * scale)),
+                                         self.GdkPixbuf.InterpType.BILINEAR)
+        except (GLib.Error, TypeError, AttributeError):
             return  # a preview is a nicety: the next one will do
         self.picture.set_from_pixbuf(pixbuf)
         self.waiting.hide()

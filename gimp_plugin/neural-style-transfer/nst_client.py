@@ -1,18 +1,19 @@
 """The plug-in's side of the engine protocol (docs/protocol.md), standard library only.
 
-GIMP's bundled Python has neither torch nor numpy, so this module writes and
-reads ``.npy`` arrays by hand, finds the engine's Python, and runs the engine as a
-subprocess, turning its JSON-lines events into callbacks.
+GIMP's bundled Python has neither torch nor numpy. This module finds the engine
+(this computer's, or one reached over SSH), runs ``nst_engine connect`` — which
+joins the warm engine service — sends it the layer's float32 pixels and the style
+file, and turns its events (with their payloads) into callbacks. It also measures
+each run for the dialog's time estimates.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
+import shlex
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -21,22 +22,23 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-PROTOCOL_VERSION = 2  # docs/protocol.md; the engine also still reads 1
+STREAM_PROTOCOL = 3  # docs/protocol.md; the engine also still reads files (1, 2)
 CONFIG_NAME = "nst-engine.json"  # written by install.sh next to the plug-in
+REMOTE_PYTHON = ".local/share/nst-engine/venv/bin/python"  # install.sh's, from the home
 TEMP_PREFIX = "nst-gimp-"
 # Set by GIMP's bundled Python and harmful to a different interpreter.
 DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "GI_TYPELIB_PATH", "LD_LIBRARY_PATH")
-NPY_MAGIC = b"\x93NUMPY"
-NATIVE_F4 = "<f4" if sys.byteorder == "little" else ">f4"
 
 HINTS = {
     "not_installed": "See the README's installation section; 'install.sh --check' tells what "
     "is missing.",
     "no_weights": "Install the network weights: run install.sh again, or "
-    "'{python} -m nst_engine weights download'.",
+    "'<the engine's Python> -m nst_engine weights download'.",
     "out_of_memory": "Lower 'Max size', select a smaller area, or close other GPU programs.",
     "bad_input": "Check the style image and the options.",
     "internal": "Run 'install.sh --check'; if it reports no problem, please report this.",
+    "connection": "Check that 'ssh HOST' logs in without a password prompt, and that "
+    "install.sh ran on that machine; 'install.sh --check' tests the connection.",
 }
 
 
@@ -59,77 +61,53 @@ class Progress:
     scales: int
 
 
-def write_npy(path: str | os.PathLike, data: bytes, shape: tuple[int, ...]) -> None:
-    """Writes native-endian float32 bytes as a version 1.0 ``.npy`` file."""
-    expected = 4
-    for dim in shape:
-        expected *= dim
-    if len(data) != expected:
-        raise ValueError(f"{len(data)} bytes do not fill a float32 array of shape {shape}")
-    header = repr({"descr": NATIVE_F4, "fortran_order": False, "shape": tuple(shape)})
-    padding = 64 - (len(NPY_MAGIC) + 4 + len(header) + 1) % 64
-    header = header + " " * padding + "\n"
-    with open(path, "wb") as handle:
-        handle.write(NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(header)))
-        handle.write(header.encode("latin1"))
-        handle.write(data)
-
-
-def read_npy(path: str | os.PathLike) -> tuple[bytes, tuple[int, ...]]:
-    """Reads a float32 C-order ``.npy``; returns native-endian bytes and the shape."""
-    with open(path, "rb") as handle:
-        if handle.read(6) != NPY_MAGIC:
-            raise ValueError(f"{path} is not a .npy file")
-        major = handle.read(2)[0]
-        size_format = "<H" if major == 1 else "<I"
-        (length,) = struct.unpack(size_format, handle.read(struct.calcsize(size_format)))
-        header = ast.literal_eval(handle.read(length).decode("latin1"))
-        data = handle.read()
-    descr, shape = header["descr"], tuple(header["shape"])
-    if descr not in ("<f4", ">f4") or header["fortran_order"]:
-        raise ValueError(f"unexpected array type {descr} (fortran={header['fortran_order']})")
-    expected = 4
-    for dim in shape:
-        expected *= dim
-    if len(data) != expected:
-        raise ValueError(f"{path} is truncated: {len(data)} of {expected} bytes")
-    if descr != NATIVE_F4:
-        swapped = array("f", data)
-        swapped.byteswap()
-        data = swapped.tobytes()
-    return data, shape
-
-
-def find_engine(plugin_dir: str | os.PathLike) -> list[str]:
-    """The command prefix that runs the engine's Python.
-
-    ``NST_ENGINE_PYTHON`` wins; otherwise the config install.sh wrote beside the
-    plug-in: ``{"python": PATH}``, plus ``"launcher": ["flatpak-spawn", "--host"]``
-    for a Flatpak GIMP, whose sandbox cannot see the host's files.
-    """
+def engine_command(plugin_dir: str | os.PathLike) -> tuple[list[str], str]:
+    """The command that reaches the engine, and where it runs ("this computer" or the
+    SSH host), from ``NST_ENGINE_PYTHON`` or the config install.sh wrote beside the
+    plug-in: ``{"python": PATH}``, ``"launcher": ["flatpak-spawn", "--host"]`` for a
+    Flatpak GIMP, and ``"remote": {"host": "user@host", "python": PATH}`` for an
+    engine on another machine. Either way it runs ``nst_engine connect``, which
+    joins the warm engine service (docs/protocol.md)."""
     override = os.environ.get("NST_ENGINE_PYTHON")
-    launcher: list[str] = []
+    config = Path(plugin_dir) / CONFIG_NAME
+    settings: dict = {}
     if override:
         python = override
     else:
-        config = Path(plugin_dir) / CONFIG_NAME
         try:
             settings = json.loads(config.read_text(encoding="utf-8"))
             python = settings["python"]
-            launcher = list(settings.get("launcher", []))
         except (OSError, ValueError, KeyError, TypeError):
             raise ClientError(
                 "not_installed",
                 f"The style transfer engine is not set up ({config} is missing or "
                 "unreadable). Run install.sh from the plug-in's download folder.",
             ) from None
+    remote = settings.get("remote") if isinstance(settings, dict) else None
+    if isinstance(remote, dict) and remote.get("host"):
+        host = str(remote["host"])
+        python = str(remote.get("python") or REMOTE_PYTHON)
+        extra = [str(option) for option in remote.get("ssh_options", [])]
+        return ssh_command(host, [python, "-m", "nst_engine", "connect"], extra), host
+    launcher = list(settings.get("launcher", [])) if isinstance(settings, dict) else []
     if not launcher and not (os.path.isfile(python) and os.access(python, os.X_OK)):
         raise ClientError(
             "not_installed",
             f"The engine's Python ({python}) does not exist or cannot run. "
             "Run install.sh again to repair the installation.",
         )
-    return [*launcher, python]
+    return [*launcher, python, "-m", "nst_engine", "connect"], "this computer"
+
+
+def ssh_command(host: str, remote: list[str], extra: list[str] = ()) -> list[str]:
+    """``ssh`` running ``remote`` on ``host``: SSH's own authentication only (no
+    password prompts), keep-alives so a dropped connection is noticed within ~10 s,
+    and each word quoted for the remote shell (ssh hands it one command line)."""
+    options = ["-T", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=3",
+               "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=15"]
+    tests = os.environ.get("NST_SSH_OPTIONS", "")  # tests: a port, a key, known hosts
+    return ["ssh", *options, *extra, *shlex.split(tests), "--", host,
+            " ".join(shlex.quote(word) for word in remote)]
 
 
 def engine_environment(environ: dict | None = None) -> dict:
@@ -162,24 +140,6 @@ def make_workdir(base: str | None = None) -> str:
     return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=base)
 
 
-def write_request(workdir: str, content: str, style: str, settings: dict,
-                  preview_interval_s: float = 0.0) -> str:
-    """Writes ``request.json`` into ``workdir``; the result goes to ``result.npy`` there,
-    previews (when ``preview_interval_s`` > 0) to ``preview.png``."""
-    request = {
-        "protocol": PROTOCOL_VERSION,
-        "content": content,
-        "styles": [style],
-        "output": "result.npy",
-        "preview_interval_s": preview_interval_s,
-        "settings": settings,
-    }
-    path = os.path.join(workdir, "request.json")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(request, handle)
-    return path
-
-
 def settings_from_config(value_of) -> dict:
     """Engine settings from the procedure's arguments, read by name (``value_of(name)``),
     as docs/protocol.md maps them: ``style-strength`` → ``style_strength``, …"""
@@ -209,52 +169,100 @@ def format_eta(seconds: float) -> str:
 
 
 class EngineRun:
-    """One engine process running a request: events in, ``finish``/``cancel`` out.
+    """One run through ``nst_engine connect`` (protocol 3): the request out on stdin,
+    events (with their payloads) in from stdout, ``finish``/``cancel`` out.
 
-    The engine's stdin stays open: when this process dies, the pipe closes and the
-    engine cancels itself. Its stderr goes to a file beside the request, kept in the
+    stdin stays open: when this process dies, the pipe closes and the engine cancels
+    the run. The engine's stderr goes to a private temporary file, kept in the
     user's cache folder when the engine fails with an internal error.
     """
 
-    def __init__(self, engine: list[str], request_path: str, on_event=None) -> None:
-        self.workdir = os.path.dirname(request_path)
-        self.stderr_path = os.path.join(self.workdir, "engine-stderr.txt")
+    def __init__(self, command: list[str], on_event=None, where: str = "this computer") -> None:
+        self.where = where
         self.on_event = on_event
         self.result: dict | None = None
         self.error: ClientError | None = None
         self.garbage = ""  # the last line that was not an event
-        self._pending = b""
-        command = [*engine, "-m", "nst_engine", "run-request", request_path]
+        self._buffer = bytearray()
+        self._header: dict | None = None  # an event whose payload is still arriving
+        self._payload = bytearray()
+        self.folder = make_workdir()
+        self.stderr_path = os.path.join(self.folder, "engine-stderr.txt")
         try:
             with open(self.stderr_path, "wb") as stderr:
                 self.process = subprocess.Popen(
                     command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                    env=engine_environment(), cwd=self.workdir,
+                    env=engine_environment(), cwd=self.folder,
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 )
         except OSError as exc:
+            shutil.rmtree(self.folder, ignore_errors=True)
             raise ClientError("not_installed", f"Could not start the engine: {exc}") from None
 
     @property
     def stdout_fd(self) -> int:
         return self.process.stdout.fileno()
 
+    def send_request(self, settings: dict, content: bytes, shape: tuple, style_path: str,
+                     preview_interval_s: float = 0.0) -> None:
+        """The ``run`` message with the layer (native float32) and the style file."""
+        try:
+            with open(style_path, "rb") as handle:
+                style = handle.read()
+        except OSError as exc:
+            raise ClientError("bad_input", f"Cannot read the style image: {exc}") from None
+        if sys.byteorder != "little":
+            swapped = array("f", content)
+            swapped.byteswap()
+            content = swapped.tobytes()
+        run = {"type": "run", "protocol": STREAM_PROTOCOL, "settings": settings,
+               "preview_interval_s": preview_interval_s, "styles": 1,
+               "content": {"shape": list(shape), "dtype": "<f4"}, "bytes": len(content)}
+        name = os.path.basename(style_path)
+        try:
+            self.process.stdin.write(_line(run) + content)
+            self.process.stdin.write(_line({"type": "style", "name": name,
+                                            "bytes": len(style)}) + style)
+            self.process.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the engine has gone: its events and exit status will say why
+
     def read_available(self) -> bool:
-        """Reads what the engine has written (one read) and handles every whole line;
-        False at the end of its output."""
-        chunk = os.read(self.stdout_fd, 65536)
-        self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            self.handle_line(line)
+        """Reads what the engine has written (one read) and handles every whole
+        message; False at the end of its output."""
+        chunk = os.read(self.stdout_fd, 1 << 20)
+        self._buffer += chunk
+        while self._next():
+            pass
         return bool(chunk)
 
-    def handle_line(self, raw: bytes) -> None:
-        event = parse_event(raw)
+    def _next(self) -> bool:
+        if self._header is not None:
+            need = self._header["bytes"] - len(self._payload)
+            self._payload += self._buffer[:need]
+            del self._buffer[:need]
+            if len(self._payload) < self._header["bytes"]:
+                return False
+            event, self._header = self._header, None
+            event["payload"], self._payload = bytes(self._payload), bytearray()
+            self._handle(event)
+            return True
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return False
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
+        event = parse_event(line)
         if event is None:
-            text = raw.decode("utf-8", "replace").strip()
-            self.garbage = text[:200] or self.garbage
-            return
+            self.garbage = line.decode("utf-8", "replace").strip()[:200] or self.garbage
+        elif isinstance(event.get("bytes"), int) and event["bytes"] > 0:
+            self._header = event
+        else:
+            event["payload"] = b""
+            self._handle(event)
+        return True
+
+    def _handle(self, event: dict) -> None:
         if event["event"] == "result":
             self.result = event
         elif event["event"] == "error":
@@ -267,7 +275,7 @@ class EngineRun:
         """``finish`` (keep the image as it is now) or ``cancel``; quiet if the engine
         has gone."""
         try:
-            self.process.stdin.write(command.encode() + b"\n")
+            self.process.stdin.write(_line({"type": command}))
             self.process.stdin.flush()
         except (OSError, ValueError):
             pass
@@ -286,25 +294,55 @@ class EngineRun:
                 self.process.wait()
 
     def outcome(self) -> dict:
-        """Waits for the process and returns the ``result`` event, or raises ClientError."""
+        """Waits for the process and returns the ``result`` event (its ``payload`` the
+        float32 array, native byte order), or raises ClientError."""
         try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-        code = self.process.wait()
-        self.process.stdout.close()
-        if self.error is not None:
-            if self.error.kind == "internal":
-                self.error.message += log_note(keep_log(self.stderr_path))
-            raise self.error
-        if code != 0 or self.result is None or not isinstance(self.result.get("path"), str):
-            lines = Path(self.stderr_path).read_text(encoding="utf-8", errors="replace")
-            lines = [line for line in lines.splitlines() if line.strip()]
-            tail = next((line for line in reversed(lines) if not line[0].isspace()),
-                        self.garbage or f"exit status {code}")
-            raise ClientError("internal", f"The engine stopped unexpectedly: {tail}"
-                              + log_note(keep_log(self.stderr_path)))
-        return self.result
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+            code = self.process.wait()
+            self.process.stdout.close()
+            if self.error is not None:
+                if self.error.kind == "internal":
+                    self.error.message += log_note(keep_log(self.stderr_path))
+                raise self.error
+            result = self.result
+            if code != 0 or result is None or not _array_ok(result):
+                raise self._unexpected(code)
+            if sys.byteorder != "little":
+                swapped = array("f", result["payload"])
+                swapped.byteswap()
+                result["payload"] = swapped.tobytes()
+            return result
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _unexpected(self, code: int) -> ClientError:
+        text = Path(self.stderr_path).read_text(encoding="utf-8", errors="replace")
+        lines = [line for line in text.splitlines() if line.strip()]
+        tail = next((line for line in reversed(lines) if not line[0].isspace()),
+                    self.garbage or f"exit status {code}")
+        if self.where != "this computer" and code == 255:  # ssh's own failure
+            return ClientError("connection", f"The connection to {self.where} failed or "
+                               f"was lost: {tail}")
+        return ClientError("internal", f"The engine on {self.where} stopped unexpectedly: "
+                           f"{tail}" + log_note(keep_log(self.stderr_path)))
+
+
+def _line(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def _array_ok(result: dict) -> bool:
+    shape = result.get("shape")
+    payload = result.get("payload", b"")
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) for n in shape)):
+        return False
+    count = 4
+    for n in shape:
+        count *= n
+    return result.get("dtype") == "<f4" and len(payload) == count
 
 
 def parse_event(raw: bytes) -> dict | None:
@@ -327,24 +365,19 @@ def parse_event(raw: bytes) -> dict | None:
     return event
 
 
-def run_engine(engine: list[str], request_path: str, on_progress=None, on_event=None) -> str:
-    """Runs one request to its end (no window); returns the result path or raises
+def run_engine(command: list[str], settings: dict, content: bytes, shape: tuple,
+               style_path: str, on_event=None, where: str = "this computer") -> dict:
+    """Runs one request to its end (no window); returns the ``result`` event or raises
     ClientError."""
-
-    def dispatch(event: dict) -> None:
-        if event["event"] == "progress" and on_progress:
-            on_progress(event["progress"])
-        if on_event:
-            on_event(event)
-
-    run = EngineRun(engine, request_path, dispatch)
+    run = EngineRun(command, on_event, where)
     try:
+        run.send_request(settings, content, shape, style_path)
         while run.read_available():
             pass
     finally:
         if run.process.poll() is None and run.result is None:
             run.stop()
-    return run.outcome()["path"]
+    return run.outcome()
 
 
 def log_folder() -> Path:
@@ -452,13 +485,15 @@ class SpeedLog:
         a, b = _fit_line(points)
         first_pixels = self.marks[min(self.marks)][0]
         startup = self.first_step_at - self.launched - (a + b * first_pixels)
-        top_fraction = None
+        fractions = {}
         if self.result and self.result.get("stopped") in ("completed", "converged") \
                 and self.planned and max(self.marks) == len(self.planned):
-            top_fraction = self.marks[max(self.marks)][3] / max(1, self.planned[-1][2])
+            top = self.planned[-1]
+            fractions[str(max(top[0], top[1]))] = round(
+                self.marks[max(self.marks)][3] / max(1, top[2]), 3)
         return {"device": self.device, "startup_s": round(max(0.0, startup), 3),
                 "step_s": round(a, 6), "step_s_per_megapixel": round(b * 1e6, 6),
-                "top_fraction": top_fraction}
+                "top_fractions": fractions}
 
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -487,11 +522,11 @@ def load_calibration(path: str | os.PathLike) -> dict | None:
 
 
 def save_calibration(path: str | os.PathLike, new: dict) -> None:
-    """Stores ``new`` (from :meth:`SpeedLog.calibration`), keeping the last known share
-    of top-scale steps when this run could not measure it; quiet on failure."""
+    """Stores ``new`` (from :meth:`SpeedLog.calibration`), keeping the shares of
+    top-scale steps measured before at other sizes; quiet on failure."""
     old = load_calibration(path) or {}
-    if new.get("top_fraction") is None and old.get("device") == new["device"]:
-        new["top_fraction"] = old.get("top_fraction")
+    if old.get("device") == new["device"] and isinstance(old.get("top_fractions"), dict):
+        new["top_fractions"] = {**old["top_fractions"], **new.get("top_fractions", {})}
     try:
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -501,6 +536,12 @@ def save_calibration(path: str | os.PathLike, new: dict) -> None:
         pass
 
 
+# Share of the top scale's steps a run takes before the convergence rule stops it,
+# where none was measured at that size yet: 0.67 at 256 px, 0.90 at 512 px here
+# (benchmarks/RESULTS.md); erring long is kinder than erring short.
+DEFAULT_TOP_FRACTION = 0.9
+
+
 def estimate_seconds(calibration: dict | None, width: int, height: int,
                      settings: dict) -> float | None:
     """Seconds a run of these settings should take here, or None before the first run."""
@@ -508,7 +549,9 @@ def estimate_seconds(calibration: dict | None, width: int, height: int,
         return None
     max_size = settings["max_size"] or auto_max_size(calibration["device"])
     sizes = plan_sizes(width, height, max_size, settings["iterations"])
-    fraction = calibration.get("top_fraction") or 1.0
+    top_side = max(sizes[-1][:2])
+    fractions = calibration.get("top_fractions") or {}
+    fraction = fractions.get(str(top_side), DEFAULT_TOP_FRACTION)
     seconds = float(calibration["startup_s"])
     for index, (w, h, steps) in enumerate(sizes):
         if index == len(sizes) - 1:
@@ -531,6 +574,5 @@ def format_estimate(seconds: float | None, device: str | None) -> str:
     return f"Estimated time: {text} on {where}"
 
 
-def user_message(error: ClientError, python: str = "python3") -> str:
-    hint = HINTS.get(error.kind, "")
-    return f"{error.message}\n\n{hint.format(python=python)}".strip()
+def user_message(error: ClientError) -> str:
+    return f"{error.message}\n\n{HINTS.get(error.kind, '')}".strip()

@@ -4,6 +4,7 @@
 import json
 import os
 import sys
+import time
 import traceback
 from array import array
 
@@ -113,10 +114,13 @@ def registration():
 
 
 def marked_style(marker):
-    """A copy of the style whose name tells the test's watcher what to do to the run."""
+    """A copy of the style named for what the test's watcher does to this run; the
+    marker file tells the watcher which run is on."""
     path = os.path.join(os.path.dirname(STYLE), f"{marker}-style.png")
     with open(STYLE, "rb") as source, open(path, "wb") as target:
         target.write(source.read())
+    with open(os.environ["NST_E2E_MARKER"], "w") as handle:
+        handle.write(marker)
     return path
 
 
@@ -134,6 +138,11 @@ def killed():
     before = pixels(layer)
     status, message = run(image, [layer], style=marked_style("kill-me"), iterations=5000,
                           **{"max-size": 256})
+    done = os.environ["NST_E2E_MARKER"] + ".measured"
+    for _ in range(400):  # the watcher measures the engine before the next run uses it
+        if os.path.exists(done):
+            break
+        time.sleep(0.1)
     report("killed", status=status, message=message, source_unchanged=before.tobytes() ==
            pixels(layer).tobytes(), **state(image))
     image.delete()

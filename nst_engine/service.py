@@ -1,0 +1,276 @@
+"""The warm engine: ``nst-engine serve`` keeps torch, the device and the network loaded
+and runs protocol-3 requests (``stream.py``) one at a time from a Unix socket;
+``nst-engine connect`` joins stdin/stdout to it, starting it on demand.
+
+The socket lives in a private folder (0700) of the user's runtime directory, and
+the service serves only connections whose peer is the same user (SO_PEERCRED).
+Nothing listens on TCP. ``connect`` is what the plug-in runs, locally or through
+``ssh`` on a GPU machine; where the service cannot be started or reached it runs
+the request itself, one-shot. This module imports only the standard library at
+the top: ``connect`` must start in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+SOCKET_NAME = "engine.sock"
+DEFAULT_IDLE_S = 600.0
+START_WAIT_S = 60.0
+LOG_LIMIT = 1 << 20
+
+
+def runtime_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/nst-engine``, else ``/tmp/nst-engine-<uid>``: made 0700, and
+    refused unless it is ours and private."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base) and os.stat(base).st_uid == os.getuid():
+        folder = Path(base) / "nst-engine"
+    else:
+        folder = Path("/tmp") / f"nst-engine-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(folder) \
+            or os.path.islink(folder):
+        raise PermissionError(f"{folder} is not a private folder of this user")
+    return folder
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The connecting process's user (Linux SO_PEERCRED); None where unknown."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    data = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    return struct.unpack("3i", data)[1]
+
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+# --- the service -------------------------------------------------------------------
+
+def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
+    """Serves requests until ``idle_s`` seconds pass without one. Imports torch."""
+    from .devices import release_memory
+    from .transfer import Warm
+
+    folder = runtime_dir()
+    path = folder / SOCKET_NAME
+    listener = _listen(path)
+    if listener is None:
+        print("nst-engine: a service is already running", file=sys.stderr)
+        return 0
+    waiting: queue.Queue[socket.socket] = queue.Queue()
+    busy = threading.Event()
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if peer_uid(conn) not in (None, os.getuid()):
+                conn.close()  # another user: not even an answer
+                continue
+            if busy.is_set() or not waiting.empty():
+                _tell(conn, {"event": "queued", "ahead": waiting.qsize() + busy.is_set()})
+            waiting.put(conn)
+
+    threading.Thread(target=accept, name="accept", daemon=True).start()
+    warm = Warm()
+    print(f"nst-engine service: listening on {path}", file=sys.stderr, flush=True)
+    try:
+        while True:
+            try:
+                conn = waiting.get(timeout=idle_s)
+            except queue.Empty:
+                # Unlink first: new clients then start a new service, and the ones that
+                # connected just before (in the listen backlog) are still served here.
+                if _owns(path):
+                    path.unlink()
+                time.sleep(0.3)
+                if waiting.empty():
+                    print("nst-engine service: idle, exiting", file=sys.stderr, flush=True)
+                    return 0
+                continue
+            busy.set()
+            try:
+                _handle(conn, warm, folder)
+            except OSError:  # a connection that broke: the next one is served all the same
+                traceback.print_exc()
+            busy.clear()
+            release_memory(warm_device(warm))
+    finally:
+        listener.close()
+        if _owns(path):
+            path.unlink()
+
+
+def _handle(conn: socket.socket, warm, folder: Path) -> None:
+    """Runs one connection's request, answering on it; never raises for the request."""
+    from .errors import EngineError
+    from .protocol import Emitter, error_event
+    from .stream import serve_one
+    from .transfer import Control
+
+    control = Control()
+    with conn, conn.makefile("wb") as wfile:
+        emit = Emitter(wfile, on_gone=control.cancel.set)
+        try:
+            serve_one(conn.recv, emit, control, warm)
+        except EngineError as error:
+            emit(error_event(error))
+        except Exception as exc:  # one bad request must not end the service
+            traceback.print_exc()
+            emit(error_event(EngineError(
+                "internal", f"internal error in the engine service "
+                f"({type(exc).__name__}: {exc}); its log: {folder / 'service.log'}")))
+        try:  # wakes this connection's command reader
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def warm_device(warm):
+    import torch
+
+    for network, _ in warm.networks.values():
+        return next(network.parameters()).device
+    return torch.device("cpu")
+
+
+def _listen(path: Path) -> socket.socket | None:
+    """Binds the socket (0600), replacing a stale one; None if a live service has it."""
+    if path.exists():
+        live = _connect(path)
+        if live is not None:
+            live.close()
+            return None
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    listener.listen(8)
+    _owns.inode = os.stat(path).st_ino
+    return listener
+
+
+def _owns(path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == getattr(_owns, "inode", None)
+    except OSError:
+        return False
+
+
+def _tell(conn: socket.socket, event: dict) -> None:
+    import json
+
+    try:
+        conn.sendall(json.dumps(event).encode() + b"\n")
+    except OSError:
+        pass
+
+
+# --- connect: the plug-in's (or ssh's) way in ---------------------------------------
+
+def connect(idle_s: float = DEFAULT_IDLE_S) -> int:
+    """Joins stdin/stdout to the service, starting it when none answers; runs the
+    request here, one-shot, when no service can be had."""
+    try:
+        folder = runtime_dir()
+    except OSError as exc:
+        print(f"nst-engine: no private runtime folder ({exc}); running one-shot",
+              file=sys.stderr)
+        return _one_shot()
+    path = folder / SOCKET_NAME
+    sock = _connect(path) or _start(folder, path, idle_s)
+    if sock is None:
+        print("nst-engine: the engine service could not be started; running one-shot "
+              f"(see {folder / 'service.log'})", file=sys.stderr)
+        return _one_shot()
+    _relay(sock)
+    # Only read when the stream ended without a result or error: the service crashed.
+    print(f"nst-engine: the engine service closed the connection; its log: "
+          f"{folder / 'service.log'}", file=sys.stderr)
+    return 0
+
+
+def _start(folder: Path, path: Path, idle_s: float) -> socket.socket | None:
+    log = folder / "service.log"
+    if log.exists() and log.stat().st_size > LOG_LIMIT:
+        log.unlink()
+    with open(log, "ab") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nst_engine", "serve", "--idle-timeout", str(idle_s)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_WAIT_S
+    while time.monotonic() < deadline:
+        sock = _connect(path)
+        if sock is not None:
+            return sock
+        if process.poll() is not None:
+            sock = _connect(path)  # lost a race with another starting service: fine
+            return sock
+        time.sleep(0.05)
+    return None
+
+
+def _relay(sock: socket.socket) -> None:
+    """Copies stdin to the socket and the socket to stdout until the service is done.
+    stdin's end (the client has gone) is passed on: the service cancels the run."""
+    stdin, stdout = sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno()
+
+    def upstream() -> None:
+        try:
+            while data := os.read(stdin, 1 << 20):
+                sock.sendall(data)
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, name="upstream", daemon=True).start()
+    try:
+        while data := sock.recv(1 << 20):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(stdout, view):]
+    except OSError:
+        pass
+    sock.close()
+
+
+def _one_shot() -> int:
+    from .cli import main
+
+    return main(["stream"])
+
+
+def idle_default() -> float:
+    try:
+        return float(os.environ.get("NST_SERVICE_IDLE_S", DEFAULT_IDLE_S))
+    except ValueError:
+        return DEFAULT_IDLE_S

@@ -1,0 +1,169 @@
+"""Protocol 3: one run over a byte stream — stdio, the service's Unix socket, or SSH.
+
+Framing (``docs/protocol.md``): every message is one JSON object on one line; when
+it has a ``bytes`` field, exactly that many raw bytes follow the line. The client
+sends a ``run`` message with the layer as float32 (``content``), one ``style``
+message per style image (the file's bytes), then at any time ``finish`` or
+``cancel``; closing its side cancels. The engine answers with the events of
+``protocol.py``: ``preview`` carries a PNG, ``result`` the float32 array.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import bad_input
+from .images import Picture, load_picture, picture_from_array, picture_to_array
+from .protocol import Emitter, Job, run_job
+from .settings import Settings
+from .transfer import Control, Warm
+
+PROTOCOL = 3
+MAX_LINE = 1 << 20  # a message line; the pixels travel as payloads
+MAX_STYLE_BYTES = 512 << 20
+
+
+class Channel:
+    """Reads the client's messages through ``read_raw(n)`` (``os.read`` on a pipe,
+    ``socket.recv``): unbuffered reads, so that a thread waiting for the next command
+    never holds a lock the interpreter needs at exit."""
+
+    def __init__(self, read_raw: Callable[[int], bytes]) -> None:
+        self.read_raw = read_raw
+        self.buffer = bytearray()
+
+    def _fill(self) -> None:
+        chunk = self.read_raw(1 << 20)
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._fill()
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def read(self) -> tuple[dict, bytes]:
+        """The next message and its payload; EOFError when the client has gone."""
+        while (end := self.buffer.find(b"\n")) < 0:
+            if len(self.buffer) > MAX_LINE:
+                raise bad_input("a message line is too long")
+            self._fill()
+        line = self._take(end + 1)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise bad_input("a message is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise bad_input("a message must be a JSON object with a type")
+        size = message.get("bytes", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad_input("bytes must be a non-negative integer")
+        return message, self._take(size) if size else b""
+
+
+def read_job(channel: Channel, folder: Path) -> Job:
+    """The ``run`` message and its style images; previews and the result go back as
+    frames (the caller's emitter writes them)."""
+    message, payload = channel.read()
+    if message["type"] != "run" or message.get("protocol") != PROTOCOL:
+        raise bad_input(f"expected a protocol {PROTOCOL} run message, got "
+                        f"{message['type']!r} (protocol {message.get('protocol')!r})")
+    settings_field = message.get("settings", {})
+    if not isinstance(settings_field, dict):
+        raise bad_input("settings must be an object")
+    settings = Settings.from_dict(settings_field)
+    content = _array(message.get("content"), payload)
+    styles = []
+    for index in range(_count(message.get("styles"))):
+        style, data = channel.read()
+        if style["type"] != "style" or not 0 < len(data) <= MAX_STYLE_BYTES:
+            raise bad_input("expected a style message with the image file's bytes")
+        name = Path(str(style.get("name", "style"))).name or "style"
+        path = folder / f"{index}-{name}"
+        path.write_bytes(data)
+        styles.append(load_picture(path, "style image"))
+    interval = message.get("preview_interval_s", 0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not 0 <= interval < 1e6:
+        raise bad_input("preview_interval_s must be a non-negative number of seconds")
+    return Job(content, styles, settings, _deliver_array, _deliver_png if interval else None,
+               preview_interval_s=float(interval))
+
+
+def _count(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 16:
+        raise bad_input("styles must be the number of style messages that follow (1–16)")
+    return value
+
+
+def _array(header, payload: bytes) -> Picture:
+    if not isinstance(header, dict) or header.get("dtype") != "<f4":
+        raise bad_input("content must describe a little-endian float32 array (<f4)")
+    shape = header.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise bad_input("content shape must be [height, width, channels]")
+    if len(payload) != 4 * shape[0] * shape[1] * shape[2]:
+        raise bad_input("the content's bytes do not match its shape")
+    return picture_from_array(np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32))
+
+
+def _deliver_array(picture: Picture) -> dict:
+    data = np.ascontiguousarray(picture_to_array(picture), dtype="<f4")
+    return {"shape": list(data.shape), "dtype": "<f4", "bytes": data.nbytes,
+            "_payload": data.tobytes()}
+
+
+def _deliver_png(picture: Picture) -> dict:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    rgb = np.round(np.clip(picture.rgb, 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+    data = buffer.getvalue()
+    return {"format": "png", "bytes": len(data), "_payload": data}
+
+
+def watch_commands(channel: Channel, control: Control) -> threading.Thread:
+    """``finish``/``cancel`` messages set the control; the client going away cancels."""
+
+    def read() -> None:
+        try:
+            while True:
+                message, _ = channel.read()
+                if message["type"] == "finish":
+                    control.finish.set()
+                elif message["type"] == "cancel":
+                    break
+        except Exception:  # EOF, a broken connection, garbage: the client is gone
+            pass
+        control.cancel.set()
+
+    thread = threading.Thread(target=read, name="stream-commands", daemon=True)
+    thread.start()
+    return thread
+
+
+def serve_one(read_raw: Callable[[int], bytes], emit: Emitter, control: Control,
+              warm: Warm | None = None) -> dict:
+    """Reads one run through ``read_raw`` and runs it, answering through ``emit``;
+    returns the ``result`` event. Raises EngineError."""
+    channel = Channel(read_raw)
+    with tempfile.TemporaryDirectory(prefix="nst-stream-") as folder:
+        try:
+            job = read_job(channel, Path(folder))
+        except EOFError:
+            raise bad_input("the client went away before its request was complete") from None
+        watch_commands(channel, control)
+        return run_job(job, emit, control, warm)

@@ -1,0 +1,133 @@
+"""The engine on another machine, through a real OpenSSH server on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nst_client
+import numpy as np
+import pytest
+from sshd import SSHServer, SSHUnavailable
+
+SETTINGS = {"style_strength": 0.5, "iterations": 4, "max_size": 64, "preserve_colors": False,
+            "seed": 0, "device": "cpu"}
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    folder = tmp_path / "ssh"
+    folder.mkdir()
+    remote_run = tmp_path / "remote-run"
+    remote_run.mkdir(mode=0o700)
+    env = {"NST_WEIGHTS": "random", "NST_SERVICE_IDLE_S": "3",
+           "XDG_RUNTIME_DIR": str(remote_run)}
+    try:
+        ssh = SSHServer(folder, env)
+    except SSHUnavailable as why:
+        if os.environ.get("CI"):
+            pytest.fail(f"an sshd is required in CI: {why}")
+        pytest.skip(str(why))
+    monkeypatch.setenv("NST_SSH_OPTIONS", ssh.client_options())
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "nst-engine.json").write_text(json.dumps(
+        {"python": sys.executable, "remote": {"host": ssh.host, "python": sys.executable}}))
+    yield ssh, plugin
+    ssh.stop()
+
+
+def layer():
+    data = np.random.default_rng(3).random((50, 60, 4), dtype=np.float32)
+    return data, data.tobytes(), data.shape
+
+
+def test_a_run_over_ssh_gives_the_local_result(server, painting):
+    ssh, plugin = server
+    command, where = nst_client.engine_command(plugin)
+    assert command[0] == "ssh" and where == ssh.host
+    data, raw, shape = layer()
+    events = []
+    remote = nst_client.run_engine(command, SETTINGS, raw, shape, str(painting),
+                                   events.append, where)
+    local = nst_client.run_engine([sys.executable, "-m", "nst_engine", "connect"], SETTINGS,
+                                  raw, shape, str(painting))
+    assert remote["payload"] == local["payload"]  # float32 both ways: nothing lost
+    assert [e["event"] for e in events][-1] == "result"
+    assert any(e["event"] == "progress" for e in events)
+
+
+def test_keep_this_result_over_ssh(server, painting):
+    ssh, plugin = server
+    command, where = nst_client.engine_command(plugin)
+    _, raw, shape = layer()
+    run = None
+
+    def on_event(event):
+        if event["event"] == "progress" and event["progress"].step == 3:
+            run.send("finish")
+
+    run = nst_client.EngineRun(command, on_event, where)
+    run.send_request({**SETTINGS, "iterations": 2000}, raw, shape, str(painting))
+    while run.read_available():
+        pass
+    result = run.outcome()
+    assert result["stopped"] == "finished" and result["steps"] < 2000
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_dropped_connection_cancels_the_remote_run(server, painting):
+    ssh, plugin = server
+    command, where = nst_client.engine_command(plugin)
+    _, raw, shape = layer()
+    seen = {}
+
+    def on_event(event):
+        if event["event"] == "started":
+            seen["pid"] = event["engine_pid"]
+        if event["event"] == "progress" and event["progress"].step == 3:
+            ssh.drop_connections()  # the network goes: the server side ends abruptly
+
+    run = nst_client.EngineRun(command, on_event, where)
+    run.send_request({**SETTINGS, "iterations": 3000}, raw, shape, str(painting))
+    while run.read_available():
+        pass
+    dropped = time.monotonic()
+    with pytest.raises(nst_client.ClientError) as info:
+        run.outcome()
+    assert info.value.kind == "connection" and ssh.host in info.value.message
+    # the remote engine stops working on the run within 10 s
+    pid = seen["pid"]
+    while time.monotonic() - dropped < 10:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        try:
+            if cpu_seconds(pid) - before < 0.2:
+                break
+        except FileNotFoundError:
+            break  # the service itself has gone: stopped too
+    else:
+        pytest.fail("the remote run was still working 10 s after the connection dropped")
+
+
+def test_unreachable_host_is_a_clear_message(tmp_path, monkeypatch, painting):
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "nst-engine.json").write_text(json.dumps(
+        {"python": sys.executable, "remote": {"host": "nobody@127.0.0.1"}}))
+    port = subprocess.run([sys.executable, "-c", "import socket; s=socket.socket(); "
+                           "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
+                          capture_output=True, text=True).stdout.strip()
+    monkeypatch.setenv("NST_SSH_OPTIONS", f"-p {port}")  # nothing listens there
+    command, where = nst_client.engine_command(plugin)
+    _, raw, shape = layer()
+    with pytest.raises(nst_client.ClientError) as info:
+        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, where)
+    assert info.value.kind == "connection" and "127.0.0.1" in info.value.message
+    assert "ssh" in nst_client.user_message(info.value).lower()

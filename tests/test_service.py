@@ -1,0 +1,173 @@
+"""The warm engine service: on demand, warm, queued, idle exit, crashes, and only for its
+user — driven through the plug-in's own client (nst_client) and ``nst_engine connect``."""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import nst_client
+import numpy as np
+import pytest
+
+CONNECT = [sys.executable, "-m", "nst_engine", "connect"]
+SETTINGS = {"style_strength": 0.5, "iterations": 4, "max_size": 64, "preserve_colors": False,
+            "seed": 0, "device": "cpu"}
+
+
+def run(painting, iterations=4, on_event=None):
+    data = np.random.default_rng(0).random((50, 60, 3), dtype=np.float32)
+    events = []
+
+    def record(event):
+        events.append(event)
+        if on_event:
+            on_event(event)
+
+    result = nst_client.run_engine(CONNECT, {**SETTINGS, "iterations": iterations},
+                                   data.tobytes(), data.shape, str(painting), record)
+    return result, events
+
+
+def started(events):
+    return next(e for e in events if e["event"] == "started")
+
+
+def socket_path() -> Path:
+    return Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine" / "engine.sock"
+
+
+def service_pid(events) -> int:
+    return started(events)["engine_pid"]
+
+
+def wait_gone(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").exists() and \
+                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_started_on_demand_then_warm(painting):
+    first, events1 = run(painting)
+    pid = service_pid(events1)
+    assert pid != os.getpid() and started(events1)["loaded_network"]
+    path = socket_path()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_ISSOCK(path.stat().st_mode)
+    second, events2 = run(painting)
+    assert service_pid(events2) == pid  # the same process: nothing imported or loaded again
+    assert not started(events2)["loaded_network"]
+    assert first["payload"] == second["payload"]  # warm caches change nothing
+    assert wait_gone(pid, 30), "the service did not exit when idle"
+    assert not path.exists()
+
+
+def test_a_second_client_is_queued(painting):
+    results, errors = {}, []
+    working = threading.Event()
+
+    def client(name, iterations):
+        try:
+            results[name] = run(painting, iterations, lambda e: e["event"] == "progress"
+                                and working.set())
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=client, args=("first", 300))
+    first.start()
+    assert working.wait(120)  # the first is running
+    second = threading.Thread(target=client, args=("second", 4))
+    second.start()
+    for thread in (first, second):
+        thread.join(timeout=300)
+    assert not errors and len(results) == 2
+    events = {name: [e["event"] for e in found] for name, (_, found) in results.items()}
+    assert events["second"][0] == "queued" and "queued" not in events["first"]
+    assert events["second"][-1] == "result" and results["second"][0]["steps"] == 4
+    assert service_pid(results["first"][1]) == service_pid(results["second"][1])
+
+
+def test_crash_mid_run_is_a_clear_message_and_the_next_run_starts_fresh(painting):
+    def kill_service(event):
+        if event["event"] == "progress" and event["progress"].step == 2:
+            os.kill(kill_service.pid, signal.SIGKILL)
+        elif event["event"] == "started":
+            kill_service.pid = event["engine_pid"]
+
+    with pytest.raises(nst_client.ClientError) as info:
+        run(painting, iterations=200, on_event=kill_service)
+    assert info.value.kind == "internal" and "stopped unexpectedly" in info.value.message
+    result, events = run(painting)
+    assert result["steps"] == 4 and service_pid(events) != kill_service.pid
+
+
+def test_another_user_cannot_use_the_socket(painting, monkeypatch):
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to act as another user")
+    runtime = Path(tempfile.mkdtemp(prefix="nst-run-", dir="/tmp"))  # reachable by others
+    runtime.chmod(0o711)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    _, events = run(painting)
+    path = socket_path()
+    probe = ("import socket, sys\n"
+             "s = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n"
+             "    print('refused', type(e).__name__); sys.exit(0)\n"
+             "s.sendall(b'{}\\n')\n"
+             "try:\n    print('answer', repr(s.recv(100)))\n"
+             "except ConnectionResetError:\n    print('answer closed')\n")
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+              "-c", probe, str(path)]
+    done = subprocess.run(nobody, capture_output=True, text=True, timeout=30)
+    assert done.stdout.startswith("refused PermissionError"), done.stdout + done.stderr
+    # Even with the folder and socket opened up, the service checks who is calling:
+    path.parent.chmod(0o755)
+    path.chmod(0o666)
+    try:
+        done = subprocess.run(nobody, capture_output=True, text=True, timeout=30)
+    finally:
+        path.parent.chmod(0o700)
+        path.chmod(0o600)
+    assert done.stdout.strip() in ("answer b''", "answer closed"), done.stdout + done.stderr
+    assert wait_gone(service_pid(events), 30)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_the_old_file_protocol_still_runs_beside_it(painting, tmp_path):
+    """run-request (protocol 1 and 2) stays for plug-ins of earlier versions."""
+    np.save(tmp_path / "content.npy", np.full((40, 40, 3), 0.5, np.float32))
+    (tmp_path / "request.json").write_text(json.dumps({
+        "protocol": 1, "content": "content.npy", "styles": [str(painting)],
+        "output": "result.npy", "settings": {"max_size": 64, "iterations": 2,
+                                             "device": "cpu"}}))
+    done = subprocess.run([sys.executable, "-m", "nst_engine", "run-request",
+                           str(tmp_path / "request.json")], capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "result.npy").exists()
+
+
+def test_unreachable_runtime_folder_runs_one_shot(painting, monkeypatch, tmp_path):
+    bad = tmp_path / "shared-run"
+    (bad / "nst-engine").mkdir(parents=True, mode=0o777)
+    (bad / "nst-engine").chmod(0o777)  # not private: refused, never used
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(bad))
+    result, events = run(painting)
+    assert result["steps"] == 4 and not list((bad / "nst-engine").iterdir())
+    assert service_pid(events) != os.getpid()  # the connect process itself ran it
