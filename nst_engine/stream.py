@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .settings import Settings
 from .transfer import Control, Warm
 
 PROTOCOL = 3
+HEARTBEAT_MISSES = 3  # silent heartbeats before the run is taken as abandoned
 MAX_LINE = 1 << 20  # a message line; the pixels travel as payloads
 MAX_STYLE_BYTES = 512 << 20
 
@@ -37,6 +39,7 @@ class Channel:
     def __init__(self, read_raw: Callable[[int], bytes]) -> None:
         self.read_raw = read_raw
         self.buffer = bytearray()
+        self.heartbeat_s = 0.0  # the client's promise, from its run message
 
     def _fill(self) -> None:
         chunk = self.read_raw(1 << 20)
@@ -81,6 +84,11 @@ def read_job(channel: Channel, folder: Path) -> Job:
     if not isinstance(settings_field, dict):
         raise bad_input("settings must be an object")
     settings = Settings.from_dict(settings_field)
+    heartbeat = message.get("heartbeat_s", 0)
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) \
+            or not 0 <= heartbeat <= 60:
+        raise bad_input("heartbeat_s must be a number of seconds from 0 to 60")
+    channel.heartbeat_s = float(heartbeat)
     content = _array(message.get("content"), payload)
     styles = []
     for index in range(_count(message.get("styles"))):
@@ -135,13 +143,17 @@ def _deliver_png(picture: Picture) -> dict:
     return {"format": "png", "bytes": len(data), "_payload": data}
 
 
-def watch_commands(channel: Channel, control: Control) -> threading.Thread:
-    """``finish``/``cancel`` messages set the control; the client going away cancels."""
+def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0) -> None:
+    """``finish``/``cancel`` messages set the control; the client going away cancels,
+    and so does its silence for ``HEARTBEAT_MISSES`` heartbeats when it promised
+    them (a network that died without closing the connection)."""
+    heard = [time.monotonic()]
 
     def read() -> None:
         try:
             while True:
                 message, _ = channel.read()
+                heard[0] = time.monotonic()
                 if message["type"] == "finish":
                     control.finish.set()
                 elif message["type"] == "cancel":
@@ -150,9 +162,14 @@ def watch_commands(channel: Channel, control: Control) -> threading.Thread:
             pass
         control.cancel.set()
 
-    thread = threading.Thread(target=read, name="stream-commands", daemon=True)
-    thread.start()
-    return thread
+    def watchdog() -> None:
+        while not control.cancel.wait(heartbeat_s):
+            if time.monotonic() - heard[0] > HEARTBEAT_MISSES * heartbeat_s:
+                control.cancel.set()
+
+    threading.Thread(target=read, name="stream-commands", daemon=True).start()
+    if heartbeat_s > 0:
+        threading.Thread(target=watchdog, name="heartbeat", daemon=True).start()
 
 
 def serve_one(read_raw: Callable[[int], bytes], emit: Emitter, control: Control,
@@ -165,5 +182,8 @@ def serve_one(read_raw: Callable[[int], bytes], emit: Emitter, control: Control,
             job = read_job(channel, Path(folder))
         except EOFError:
             raise bad_input("the client went away before its request was complete") from None
-        watch_commands(channel, control)
-        return run_job(job, emit, control, warm)
+        watch_commands(channel, control, channel.heartbeat_s)
+        try:
+            return run_job(job, emit, control, warm)
+        finally:
+            control.cancel.set()  # ends the watchdog

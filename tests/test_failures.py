@@ -273,3 +273,41 @@ def test_usage_errors_are_one_line():
     done = engine("stylize", "--max-size", "x")
     assert done.returncode == EXIT_CODES["bad_input"]
     assert len(done.stderr.strip().splitlines()) == 1 and "--help" in done.stderr
+
+
+def test_running_out_of_memory_loading_a_style_is_out_of_memory(painting, monkeypatch):
+    from nst_engine import images
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(images, "_from_pillow", no_memory)  # as an 8000² style on a small PC
+    with pytest.raises(EngineError) as info:
+        load_picture(painting, "style image")
+    assert info.value.kind == "out_of_memory" and "too large" in info.value.message
+
+
+def test_run_request_ends_with_its_parent(painting, tmp_path):
+    """run-request asks for a parent-death signal (stylize does not: docs/protocol.md)."""
+    path = request(tmp_path, painting, settings={"iterations": 5000, "max_size": 256},
+                   layer=np.full((260, 300, 3), 0.5, np.float32))
+    parent = subprocess.Popen(
+        ["sh", "-c", f'{sys.executable} -m nst_engine run-request "$1" < /dev/zero '
+         '> "$2" 2>/dev/null & echo $!; wait', "sh", str(path), str(tmp_path / "events")],
+        stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    events = tmp_path / "events"
+    while not events.exists() or b'"progress"' not in events.read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    parent.kill()  # the shell goes; the engine must not run on
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists():
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            break
+        assert time.monotonic() < deadline, "the engine outlived its parent"
+        time.sleep(0.2)
+    assert last_event((tmp_path / "events").read_text())["kind"] == "cancelled"

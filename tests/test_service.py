@@ -171,3 +171,31 @@ def test_unreachable_runtime_folder_runs_one_shot(painting, monkeypatch, tmp_pat
     result, events = run(painting)
     assert result["steps"] == 4 and not list((bad / "nst-engine").iterdir())
     assert service_pid(events) != os.getpid()  # the connect process itself ran it
+
+
+def test_a_silent_client_is_taken_as_gone(painting):
+    """A client that promised heartbeats and falls silent (a dead network, the
+    connection still open) has its run cancelled: three missed pings."""
+    process = subprocess.Popen(CONNECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    data = np.full((260, 300, 3), 0.5, np.float32).tobytes()  # two scales: no early stop
+    style = painting.read_bytes()
+    run_message = {"type": "run", "protocol": 3, "heartbeat_s": 1.0, "styles": 1,
+                   "settings": {**SETTINGS, "iterations": 5000, "max_size": 256},
+                   "content": {"shape": [260, 300, 3], "dtype": "<f4"}, "bytes": len(data)}
+    process.stdin.write(json.dumps(run_message).encode() + b"\n" + data)
+    process.stdin.write(json.dumps({"type": "style", "name": "p.png", "bytes": len(style)})
+                        .encode() + b"\n" + style)
+    process.stdin.flush()  # ... and then nothing more, the pipe left open
+    started = None
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and started is None:
+            started = time.monotonic()
+        if event["event"] in ("result", "error"):
+            break
+    assert event == {"event": "error", "kind": "cancelled",
+                     "message": "cancelled; nothing was written"}
+    assert time.monotonic() - started < 10
+    process.stdin.close()
+    process.wait(timeout=30)

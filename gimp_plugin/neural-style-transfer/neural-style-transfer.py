@@ -64,6 +64,7 @@ def check_target(image, drawables):
 
 def stylize_layer(image, drawables, style_file, settings, interactive):
     """The whole run: read the layer, call the engine, add the result as a new layer."""
+    ok_at = time.monotonic()
     drawable = check_target(image, drawables)
     if style_file is None or style_file.get_path() is None:
         raise Failure("Choose a style image (a painting) first.")
@@ -88,7 +89,7 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
                          PREVIEW_INTERVAL_S if interactive else 0.0)
         del pixels
         if interactive:
-            result = RunWindow(run, speed, os.path.basename(style_path), where).run()
+            result = RunWindow(run, speed, os.path.basename(style_path), where, ok_at).run()
         else:
             result = run_with_progress_bar(run, speed)
         speed.report()
@@ -138,14 +139,15 @@ class RunWindow:
     engine's events from GLib's main loop; closing it cancels the run.
     """
 
-    def __init__(self, run, speed, style_name, where):
+    def __init__(self, run, speed, style_name, where, ok_at):
         gi.require_version("Gtk", "3.0")
         gi.require_version("GdkPixbuf", "2.0")
         from gi.repository import GdkPixbuf, Gtk
 
         self.Gtk, self.GdkPixbuf = Gtk, GdkPixbuf
         self.speed = speed
-        self.started = time.monotonic()
+        self.started = ok_at
+        self.pictures = 0
         self.last = None  # the last progress
         self.cancelled = False
         self.where = where
@@ -271,6 +273,10 @@ class RunWindow:
             return  # a preview is a nicety: the next one will do
         self.picture.set_from_pixbuf(pixbuf)
         self.waiting.hide()
+        self.pictures += 1
+        if self.pictures == 1 and os.environ.get("NST_PLUGIN_TIMINGS"):
+            print(f"nst-timings: first picture shown {time.monotonic() - self.started:.2f} s "
+                  "after OK", file=sys.stderr, flush=True)
 
     def on_tick(self):
         elapsed = time.monotonic() - self.started

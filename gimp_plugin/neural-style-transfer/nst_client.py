@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 STREAM_PROTOCOL = 3  # docs/protocol.md; the engine also still reads files (1, 2)
 CONFIG_NAME = "nst-engine.json"  # written by install.sh next to the plug-in
 REMOTE_PYTHON = ".local/share/nst-engine/venv/bin/python"  # install.sh's, from the home
+HEARTBEAT_S = 2.0  # the engine cancels after three missed pings
 TEMP_PREFIX = "nst-gimp-"
 # Set by GIMP's bundled Python and harmful to a different interpreter.
 DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "GI_TYPELIB_PATH", "LD_LIBRARY_PATH")
@@ -186,6 +188,7 @@ class EngineRun:
         self._buffer = bytearray()
         self._header: dict | None = None  # an event whose payload is still arriving
         self._payload = bytearray()
+        self._writing = threading.RLock()  # a signal handler may send while held
         self.folder = make_workdir()
         self.stderr_path = os.path.join(self.folder, "engine-stderr.txt")
         try:
@@ -217,15 +220,24 @@ class EngineRun:
             content = swapped.tobytes()
         run = {"type": "run", "protocol": STREAM_PROTOCOL, "settings": settings,
                "preview_interval_s": preview_interval_s, "styles": 1,
+               "heartbeat_s": HEARTBEAT_S,
                "content": {"shape": list(shape), "dtype": "<f4"}, "bytes": len(content)}
         name = os.path.basename(style_path)
         try:
-            self.process.stdin.write(_line(run) + content)
-            self.process.stdin.write(_line({"type": "style", "name": name,
-                                            "bytes": len(style)}) + style)
-            self.process.stdin.flush()
+            with self._writing:
+                self.process.stdin.write(_line(run) + content)
+                self.process.stdin.write(_line({"type": "style", "name": name,
+                                                "bytes": len(style)}) + style)
+                self.process.stdin.flush()
         except (OSError, ValueError):
-            pass  # the engine has gone: its events and exit status will say why
+            return  # the engine has gone: its events and exit status will say why
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        """A ``ping`` every HEARTBEAT_S while the engine runs: over SSH, the far end
+        cancels a run whose client falls silent (a dead network)."""
+        while self.process.poll() is None and self.send("ping"):
+            time.sleep(HEARTBEAT_S)
 
     def read_available(self) -> bool:
         """Reads what the engine has written (one read) and handles every whole
@@ -271,14 +283,16 @@ class EngineRun:
         if self.on_event:
             self.on_event(event)
 
-    def send(self, command: str) -> None:
-        """``finish`` (keep the image as it is now) or ``cancel``; quiet if the engine
-        has gone."""
+    def send(self, command: str) -> bool:
+        """``finish`` (keep the image as it is now), ``cancel`` or ``ping``; False if
+        the engine has gone."""
         try:
-            self.process.stdin.write(_line({"type": command}))
-            self.process.stdin.flush()
+            with self._writing:
+                self.process.stdin.write(_line({"type": command}))
+                self.process.stdin.flush()
+            return True
         except (OSError, ValueError):
-            pass
+            return False
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Cancels and makes sure the process is gone (SIGTERM, then SIGKILL)."""
@@ -298,7 +312,8 @@ class EngineRun:
         float32 array, native byte order), or raises ClientError."""
         try:
             try:
-                self.process.stdin.close()
+                with self._writing:
+                    self.process.stdin.close()
             except OSError:
                 pass
             code = self.process.wait()
