@@ -23,7 +23,7 @@ from .protocol import (
     watch_stdin,
 )
 from .settings import DEFAULTS, KNOBS, Settings
-from .stream import serve_one
+from .stream import request_over, serve_one
 from .transfer import Control
 
 PROG = "nst-engine"
@@ -79,6 +79,9 @@ def _add_stylize(sub) -> None:
                    help="where to write the result: .png, .tif or .jpg (16-bit input stays "
                    "16-bit in PNG and TIFF)")
     _add_settings(p)
+    p.add_argument("--no-service", action="store_true",
+                   help="run here even when a warm engine service is running (by default "
+                   "a running one is used: no start-up per photo in a batch)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                    help="bar: a progress bar on the terminal; json: the protocol's events "
                    "(docs/protocol.md), one JSON object per line on stdout, for programs "
@@ -144,7 +147,16 @@ def _stylize(args, control: Control, emit: Emitter) -> int:
     content = load_picture(args.content, "photo")
     styles = [load_picture(path, "style image") for path in args.styles]
     show = {"bar": _Bar(), "json": emit, "none": lambda event: None}[args.progress]
-    run_job(Job(content, styles, settings, file_deliverer(output, save_picture)), show, control)
+    sock = None if args.no_service else service.running()
+    if sock is None:
+        run_job(Job(content, styles, settings, file_deliverer(output, save_picture)), show,
+                control)
+    else:  # a warm engine is running: no network to load, style targets maybe cached
+        with sock:
+            result, picture = request_over(sock, values, content, args.styles, show, control)
+        save_picture(picture, output)
+        show({"event": "result", "path": str(output), "steps": result["steps"],
+              "stopped": result["stopped"]})
     if args.progress == "bar":
         sys.stderr.write("\n")
     if args.progress != "json":

@@ -54,6 +54,14 @@ def peer_uid(conn: socket.socket) -> int | None:
     return struct.unpack("3i", data)[1]
 
 
+def running() -> socket.socket | None:
+    """A connection to this user's service when one is running (none is started)."""
+    try:
+        return _connect(runtime_dir() / SOCKET_NAME)
+    except OSError:
+        return None
+
+
 def _connect(path: Path) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -15,11 +15,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import bad_input
+from .errors import EngineError, bad_input
 from .images import Picture, load_picture, picture_from_array, picture_to_array
 from .protocol import Emitter, Job, run_job
 from .settings import Settings
@@ -54,8 +55,9 @@ class Channel:
         del self.buffer[:size]
         return data
 
-    def read(self) -> tuple[dict, bytes]:
-        """The next message and its payload; EOFError when the client has gone."""
+    def read(self, key: str = "type") -> tuple[dict, bytes]:
+        """The next message (events, read by a client: ``key="event"``) and its
+        payload; EOFError when the other side has gone."""
         while (end := self.buffer.find(b"\n")) < 0:
             if len(self.buffer) > MAX_LINE:
                 raise bad_input("a message line is too long")
@@ -65,8 +67,8 @@ class Channel:
             message = json.loads(line)
         except ValueError:
             raise bad_input("a message is not JSON") from None
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise bad_input("a message must be a JSON object with a type")
+        if not isinstance(message, dict) or not isinstance(message.get(key), str):
+            raise bad_input(f"a message must be a JSON object with a {key}")
         size = message.get("bytes", 0)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise bad_input("bytes must be a non-negative integer")
@@ -170,6 +172,50 @@ def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0)
     threading.Thread(target=read, name="stream-commands", daemon=True).start()
     if heartbeat_s > 0:
         threading.Thread(target=watchdog, name="heartbeat", daemon=True).start()
+
+
+def request_over(sock, settings: dict, picture: Picture, styles: list[Path],
+                 on_event: Callable[[dict], None], control: Control) -> tuple[dict, Picture]:
+    """A client of the service (``nst-engine stylize``): sends the picture's colour as
+    float32 and the style files, passes the events on, and returns the ``result``
+    event and the stylised picture (alpha, bit depth and profile are the input's)."""
+    color = picture.rgb[..., :1] if picture.gray else picture.rgb
+    data = np.ascontiguousarray(color, dtype="<f4")
+    run = {"type": "run", "protocol": PROTOCOL, "settings": settings, "styles": len(styles),
+           "content": {"shape": list(data.shape), "dtype": "<f4"}, "bytes": data.nbytes}
+    sock.sendall(json.dumps(run).encode() + b"\n" + data.tobytes())
+    for path in styles:
+        body = Path(path).read_bytes()
+        sock.sendall(json.dumps({"type": "style", "name": Path(path).name,
+                                 "bytes": len(body)}).encode() + b"\n" + body)
+    stop = threading.Event()
+
+    def forward_cancel() -> None:  # Ctrl-C here cancels the run there
+        while not stop.wait(0.2):
+            if control.cancel.is_set():
+                sock.sendall(b'{"type":"cancel"}\n')
+                return
+
+    threading.Thread(target=forward_cancel, daemon=True).start()
+    channel = Channel(sock.recv)
+    try:
+        while True:
+            try:
+                event, payload = channel.read("event")
+            except EOFError:
+                raise EngineError("internal", "the engine service closed the connection "
+                                  "without a result") from None
+            if event["event"] == "error":
+                raise EngineError(event.get("kind", "internal"), event.get("message", ""))
+            if event["event"] == "result":
+                shape = event["shape"]
+                rgb = np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32)
+                if picture.gray:
+                    rgb = np.repeat(rgb, 3, axis=2)
+                return event, replace(picture, rgb=rgb)
+            on_event(event)
+    finally:
+        stop.set()
 
 
 def serve_one(read_raw: Callable[[int], bytes], emit: Emitter, control: Control,

@@ -199,3 +199,31 @@ def test_a_silent_client_is_taken_as_gone(painting):
     assert time.monotonic() - started < 10
     process.stdin.close()
     process.wait(timeout=30)
+
+
+def test_stylize_uses_a_running_service_unless_told_not_to(photo, painting, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setenv("NST_SERVICE_IDLE_S", "30")
+    _, events = run(painting)  # starts the service
+    pid = service_pid(events)
+
+    def stylize(*extra):
+        out = tmp_path / f"out{len(extra)}.png"
+        done = subprocess.run(
+            [sys.executable, "-m", "nst_engine", "stylize", str(photo), str(painting), "-o",
+             str(out), "--max-size", "64", "--iterations", "3", "--device", "cpu",
+             "--progress", "json", *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        assert lines[-1]["event"] == "result" and lines[-1]["steps"] == 3
+        from PIL import Image
+
+        with Image.open(out) as image:
+            assert image.size == (96, 80)
+        return started(lines)["engine_pid"], out.read_bytes()
+
+    through_service, a = stylize()
+    alone, b = stylize("--no-service")
+    assert through_service == pid and alone != pid
+    assert a == b  # the same picture either way
+    os.kill(pid, signal.SIGTERM)
