@@ -26,6 +26,7 @@ from pathlib import Path
 SOCKET_NAME = "engine.sock"
 DEFAULT_IDLE_S = 600.0
 START_WAIT_S = 60.0
+FIRST_WAIT_S = 10.0
 LOG_LIMIT = 1 << 20
 
 
@@ -104,10 +105,12 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
     threading.Thread(target=accept, name="accept", daemon=True).start()
     warm = Warm()
     print(f"nst-engine service: listening on {path}", file=sys.stderr, flush=True)
+    wait = max(idle_s, FIRST_WAIT_S)  # the client that started it is on its way
     try:
         while True:
             try:
-                conn = waiting.get(timeout=idle_s)
+                conn = waiting.get(timeout=wait)
+                wait = idle_s
             except queue.Empty:
                 # Unlink first: new clients then start a new service, and the ones that
                 # connected just before (in the listen backlog) are still served here.

@@ -110,6 +110,21 @@ class Gimp:
         done.stdout = done.stdout + "\n" + done.stderr
         return done
 
+    def processes(self, program: bytes) -> list[int]:
+        """Processes in this GIMP's root whose program's name is ``program``."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                name = (entry / "cmdline").read_bytes().split(b"\0")[0]
+                root = os.readlink(entry / "root")
+            except (OSError, IndexError):
+                continue
+            if name.rsplit(b"/", 1)[-1] == program and root == str(self.root or "/"):
+                found.append(int(entry.name))
+        return found
+
     def engines(self, command: bytes) -> dict[int, int]:
         """Engine processes (``nst_engine <command>``) running in this GIMP's root:
         pid → parent pid."""

@@ -296,18 +296,23 @@ def test_run_request_ends_with_its_parent(painting, tmp_path):
          '> "$2" 2>/dev/null & echo $!; wait', "sh", str(path), str(tmp_path / "events")],
         stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    deadline = time.monotonic() + 60
-    events = tmp_path / "events"
-    while not events.exists() or b'"progress"' not in events.read_bytes():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    parent.kill()  # the shell goes; the engine must not run on
-    parent.wait()
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{child}").exists():
-        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            break
-        assert time.monotonic() < deadline, "the engine outlived its parent"
-        time.sleep(0.2)
+    try:
+        deadline = time.monotonic() + 60
+        events = tmp_path / "events"
+        while not events.exists() or b'"progress"' not in events.read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        parent.kill()  # the shell goes; the engine must not run on
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists():
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                break
+            assert time.monotonic() < deadline, "the engine outlived its parent"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
     assert last_event((tmp_path / "events").read_text())["kind"] == "cancelled"

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 from gimp_env import Gimp, GimpUnavailable
 from PIL import Image
+from sshd import SSHServer, SSHUnavailable
 
 pytestmark = pytest.mark.gimp
 
@@ -48,14 +52,57 @@ def results(request):
                                    "NST_E2E_SCENARIOS": names,
                                    "NST_E2E_MARKER": gimp.inside(marker)})
         watcher.stop()
+        remote = over_ssh(gimp, script, style)
         parsed = {}
-        for match in re.finditer(r"^NST-RESULT (\S+) (.*)$", done.stdout, re.MULTILINE):
+        for match in re.finditer(r"^NST-RESULT (\S+) (.*)$", done.stdout + remote["log"],
+                                 re.MULTILINE):
             parsed[match.group(1)] = json.loads(match.group(2))
         leftovers = [p.name for p in (gimp.host_path("/tmp")).glob("nst-gimp-*")]
-        yield {"runs": parsed, "log": done.stdout, "rc": done.returncode,
-               "version": request.param, "leftovers": leftovers, "watched": watcher.seen}
+        yield {"runs": parsed, "log": done.stdout + remote["log"], "rc": done.returncode,
+               "version": request.param, "leftovers": leftovers,
+               "watched": {**watcher.seen, **remote["watched"]}}
     finally:
         gimp.teardown()
+
+
+def over_ssh(gimp, script: str, style: Path) -> dict:
+    """The plug-in in GIMP's root reaching the engine on 'another machine' (this host's
+    venv) through a real sshd on 127.0.0.1: a run, and a connection dropped mid-run."""
+    folder = gimp.scratch / "ssh"  # inside the root: the plug-in's ssh reads the keys
+    folder.mkdir()
+    runtime = Path(tempfile.mkdtemp(prefix="nst-remote-run-"))
+    try:
+        server = SSHServer(folder, {"NST_WEIGHTS": "random", "NST_SERVICE_IDLE_S": "5",
+                                    "XDG_RUNTIME_DIR": str(runtime)})
+    except SSHUnavailable as why:
+        if os.environ.get("CI"):
+            pytest.fail(f"an sshd is required in CI: {why}")
+        return {"log": f"no sshd: {why}", "watched": {}}
+    profile = gimp.scratch / "profile-remote"
+    shutil.copytree(gimp.profile, profile)
+    config = profile / "plug-ins" / "neural-style-transfer" / "nst-engine.json"
+    settings = json.loads(config.read_text())
+    settings["remote"] = {"host": server.host, "python": sys.executable}
+    config.write_text(json.dumps(settings))
+    options = (f"-p {server.port} -i {gimp.inside(folder / 'user')} -o IdentitiesOnly=yes "
+               f"-o UserKnownHostsFile={gimp.inside(folder / 'known_hosts')} "
+               "-o StrictHostKeyChecking=yes")
+    marker = gimp.scratch / "marker"
+    marker.write_text("")
+    marker.with_name("marker.measured").unlink(missing_ok=True)
+    watcher = Watcher(gimp, marker, server, runtime)
+    watcher.start()
+    try:
+        done = gimp.batch(script, {"NST_E2E_STYLE": gimp.inside(style),
+                                   "NST_E2E_SCENARIOS": "over_ssh,ssh_dropped",
+                                   "NST_E2E_MARKER": gimp.inside(marker),
+                                   "GIMP3_DIRECTORY": gimp.inside(profile),
+                                   "NST_SSH_OPTIONS": options})
+    finally:
+        watcher.stop()
+        server.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
+    return {"log": done.stdout, "watched": watcher.seen}
 
 
 class Watcher(threading.Thread):
@@ -64,9 +111,10 @@ class Watcher(threading.Thread):
     SIGUSR1 (Keep this result) to the plug-in of a 'keep-me' run, once the engine has
     worked for a while; records how long the engine kept working on the killed run."""
 
-    def __init__(self, gimp, marker: Path):
+    def __init__(self, gimp, marker: Path, server=None, remote_runtime=None):
         super().__init__(daemon=True)
         self.gimp, self.marker = gimp, marker
+        self.server, self.remote_runtime = server, remote_runtime
         self.done = threading.Event()
         self.seen = {}
 
@@ -78,6 +126,9 @@ class Watcher(threading.Thread):
             except OSError:
                 continue
             if marker in self.seen:
+                continue
+            if marker == "drop-me":
+                self.drop_connection(first_seen)
                 continue
             for pid, parent in self.gimp.engines(b"connect").items():
                 first_seen.setdefault(pid, time.monotonic())
@@ -93,6 +144,20 @@ class Watcher(threading.Thread):
                 self.marker.with_name("marker.measured").write_text("")
                 break
 
+    def drop_connection(self, first_seen: dict) -> None:
+        """Once the run over SSH has worked a while, the server side of the connection
+        ends abruptly (as when the network goes); records how long the engine on the
+        far side kept working."""
+        if not self.gimp.processes(b"ssh"):
+            return
+        first_seen.setdefault("ssh", time.monotonic())
+        if time.monotonic() - first_seen["ssh"] < 8:
+            return
+        services = remote_services(self.remote_runtime)
+        self.server.drop_connections()
+        self.seen["drop-me"] = {"engine_worked_s": self.working(-1, services)}
+        self.marker.with_name("marker.measured").write_text("")
+
     @staticmethod
     def working(relay: int, services: list[int]) -> float:
         """Seconds until the relay has gone and the services stopped using the CPU."""
@@ -107,6 +172,22 @@ class Watcher(threading.Thread):
     def stop(self):
         self.done.set()
         self.join(timeout=5)
+
+
+def remote_services(runtime: Path) -> list[int]:
+    """The engine services started over SSH: host processes with that runtime folder."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"serve" in args and f"XDG_RUNTIME_DIR={runtime}".encode() in environ:
+            found.append(int(entry.name))
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -256,3 +337,18 @@ def test_several_layers_selected_is_refused(results):
 
 def test_no_temporary_folders_left(results):
     assert results["leftovers"] == []
+
+
+def test_a_run_over_ssh_adds_the_layer(results):
+    run = get(results, "over_ssh")
+    assert run["status"] == "success", run["message"]
+    assert run["layers"] == ["style-painting", "photo"] and run["channels"] == 0
+
+
+def test_a_dropped_ssh_connection_is_a_clear_message_and_cancels_there(results):
+    run = get(results, "ssh_dropped")
+    assert results["watched"].get("drop-me"), f"the watcher never dropped it: {run}"
+    assert run["status"] == "execution-error"
+    assert "connection" in run["message"] and "127.0.0.1" in run["message"]
+    assert run["layers"] == ["photo"] and run["channels"] == 0 and not run["dirty"]
+    assert results["watched"]["drop-me"]["engine_worked_s"] < 10

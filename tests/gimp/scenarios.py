@@ -220,6 +220,30 @@ def missing_style():
     image.delete()
 
 
+def over_ssh():
+    """A run with the engine reached over SSH (the profile's config names the host)."""
+    image, layer = make_image()
+    image.clean_all()
+    status, message = run(image, [layer])
+    report("over_ssh", status=status, message=message, **state(image))
+    image.delete()
+
+
+def ssh_dropped():
+    """The test drops the SSH connection mid-run."""
+    image, layer = make_image(300, 260)
+    image.clean_all()
+    status, message = run(image, [layer], style=marked_style("drop-me"), iterations=5000,
+                          **{"max-size": 256})
+    done = os.environ["NST_E2E_MARKER"] + ".measured"
+    for _ in range(400):
+        if os.path.exists(done):
+            break
+        time.sleep(0.1)
+    report("ssh_dropped", status=status, message=message, **state(image))
+    image.delete()
+
+
 def bad_style():
     image, layer = make_image()
     image.clean_all()
