@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("photo", type=Path)
     parser.add_argument("style", type=Path)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024])
     parser.add_argument("--cold", type=int, default=3, help="cold starts timed")
     args = parser.parse_args()
     photo = load_picture(args.photo).rgb.astype(np.float32)

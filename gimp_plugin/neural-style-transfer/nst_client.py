@@ -552,9 +552,9 @@ def save_calibration(path: str | os.PathLike, new: dict) -> None:
 
 
 # Share of the top scale's steps a run takes before the convergence rule stops it,
-# where none was measured at that size yet: 0.67 at 256 px, 0.90 at 512 px here
-# (benchmarks/RESULTS.md); erring long is kinder than erring short.
-DEFAULT_TOP_FRACTION = 0.9
+# where none was measured at that size yet: 0.67 at 256 px, 0.90 at 512 px and 1.0 at
+# 1024 px here (benchmarks/RESULTS.md); erring long is kinder than erring short.
+DEFAULT_TOP_FRACTION = 1.0
 
 
 def estimate_seconds(calibration: dict | None, width: int, height: int,
