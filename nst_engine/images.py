@@ -9,6 +9,7 @@ so 16-bit PNG goes through pypng and 16-bit/float TIFF through tifffile
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import zlib
@@ -61,11 +62,14 @@ def _from_channels(data: np.ndarray, scale: float, bits: int) -> Picture:
         raise bad_input(f"images with {channels} channels are not supported")
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise bad_input("the image contains NaN or infinite pixel values")
-    color = data[..., : 1 if channels <= 2 else 3].astype(np.float32) / scale
+    color = data[..., : 1 if channels <= 2 else 3].astype(np.float32)  # a copy
+    if scale != 1.0:
+        color /= scale
+    np.clip(color, 0.0, 1.0, out=color)
     alpha = data[..., -1].copy() if channels in (2, 4) else None
     if channels <= 2:
         color = np.repeat(color, 3, axis=2)
-    return Picture(np.clip(color, 0.0, 1.0), alpha, channels <= 2, bits)
+    return Picture(color, alpha, channels <= 2, bits)
 
 
 def _check_size(picture: Picture, what: str) -> Picture:
@@ -328,7 +332,7 @@ def picture_from_array(data: np.ndarray) -> Picture:
     """The protocol's input: float32 ``H×W×C`` (C = 1 Y, 2 YA, 3 RGB, 4 RGBA) in [0, 1]."""
     if data.dtype != np.float32 or data.ndim != 3:
         raise bad_input(f"expected a float32 H×W×C array, got {data.dtype} {data.shape}")
-    if not np.isfinite(data).all():
+    if not math.isfinite(data.sum(dtype=np.float64)):  # any NaN or ±inf; no temporaries
         raise bad_input("the input array contains NaN or infinite values")
     return _check_size(_from_channels(data, 1.0, 32), "layer")
 

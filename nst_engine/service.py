@@ -57,6 +57,8 @@ def peer_uid(conn: socket.socket) -> int | None:
 
 def running() -> socket.socket | None:
     """A connection to this user's service when one is running (none is started)."""
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):
+        return None
     try:
         return _connect(runtime_dir() / SOCKET_NAME)
     except OSError:
@@ -207,6 +209,8 @@ def _tell(conn: socket.socket, event: dict) -> None:
 def connect(idle_s: float = DEFAULT_IDLE_S) -> int:
     """Joins stdin/stdout to the service, starting it when none answers; runs the
     request here, one-shot, when no service can be had."""
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):  # Windows
+        return _one_shot()
     try:
         folder = runtime_dir()
     except OSError as exc:

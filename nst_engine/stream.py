@@ -48,10 +48,10 @@ class Channel:
             raise EOFError
         self.buffer += chunk
 
-    def _take(self, size: int) -> bytes:
+    def _take(self, size: int) -> bytearray:
         while len(self.buffer) < size:
             self._fill()
-        data = bytes(self.buffer[:size])
+        data = self.buffer[:size]  # one copy, even of a 384 MB layer
         del self.buffer[:size]
         return data
 
@@ -124,7 +124,8 @@ def _array(header, payload: bytes) -> Picture:
         raise bad_input("content shape must be [height, width, channels]")
     if len(payload) != 4 * shape[0] * shape[1] * shape[2]:
         raise bad_input("the content's bytes do not match its shape")
-    return picture_from_array(np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32))
+    data = np.frombuffer(payload, "<f4").reshape(shape)  # a view: the picture copies it once
+    return picture_from_array(data if data.dtype == np.float32 else data.astype(np.float32))
 
 
 def _deliver_array(picture: Picture) -> dict:
