@@ -43,9 +43,7 @@ def run(photo: np.ndarray, style: Path, settings: dict, interval: float) -> tupl
 
     engine_run = nst_client.EngineRun(COMMAND, on_event)
     engine_run.send_request(settings, photo.tobytes(), photo.shape, str(style), interval)
-    while engine_run.read_available():
-        pass
-    engine_run.outcome()
+    engine_run.read_to_end()
     return speed, events
 
 

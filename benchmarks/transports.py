@@ -45,9 +45,7 @@ def one_run(command, layer: np.ndarray, style: Path, iterations: int) -> dict:
     run = nst_client.EngineRun(command, on_event)
     raw = layer.tobytes()
     run.send_request(settings, raw, layer.shape, str(style), 2.0)
-    while run.read_available():
-        pass
-    run.outcome()
+    run.read_to_end()
     return {"first_step_s": marks["progress"], "total_s": time.monotonic() - start,
             "sent_bytes": len(raw) + style.stat().st_size, "received_bytes": received[0]}
 

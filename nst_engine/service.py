@@ -88,6 +88,7 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
     if listener is None:
         print("nst-engine: a service is already running", file=sys.stderr)
         return 0
+    inode = os.stat(path).st_ino
     waiting: queue.Queue[socket.socket] = queue.Queue()
     busy = threading.Event()
 
@@ -116,7 +117,7 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
             except queue.Empty:
                 # Unlink first: new clients then start a new service, and the ones that
                 # connected just before (in the listen backlog) are still served here.
-                if _owns(path):
+                if _owns(path, inode):
                     path.unlink()
                 time.sleep(0.3)
                 if waiting.empty():
@@ -132,7 +133,7 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
             release_memory(warm_device(warm))
     finally:
         listener.close()
-        if _owns(path):
+        if _owns(path, inode):
             path.unlink()
 
 
@@ -184,13 +185,13 @@ def _listen(path: Path) -> socket.socket | None:
     finally:
         os.umask(old)
     listener.listen(8)
-    _owns.inode = os.stat(path).st_ino
     return listener
 
 
-def _owns(path: Path) -> bool:
+def _owns(path: Path, inode: int | None) -> bool:
+    """The socket file is still the one this service made (not a newer service's)."""
     try:
-        return os.stat(path).st_ino == getattr(_owns, "inode", None)
+        return os.stat(path).st_ino == inode
     except OSError:
         return False
 

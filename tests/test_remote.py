@@ -71,9 +71,7 @@ def test_keep_this_result_over_ssh(server, painting):
 
     run = nst_client.EngineRun(command, on_event, where)
     run.send_request({**SETTINGS, "iterations": 2000}, raw, shape, str(painting))
-    while run.read_available():
-        pass
-    result = run.outcome()
+    result = run.read_to_end()
     assert result["stopped"] == "finished" and result["steps"] < 2000
 
 

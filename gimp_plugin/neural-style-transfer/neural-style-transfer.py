@@ -123,13 +123,7 @@ def run_with_progress_bar(run, speed):
     run.on_event = on_event
     # SIGUSR1 is "Keep this result" for runs without a window (docs/protocol.md)
     signal.signal(signal.SIGUSR1, lambda *_: run.send("finish"))
-    try:
-        while run.read_available():
-            pass
-    finally:
-        if run.process.poll() is None and run.result is None:
-            run.stop()
-    return run.outcome()
+    return run.read_to_end()
 
 
 class RunWindow:

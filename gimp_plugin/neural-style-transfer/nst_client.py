@@ -248,6 +248,17 @@ class EngineRun:
             pass
         return bool(chunk)
 
+    def read_to_end(self) -> dict:
+        """Reads every event, blocking (runs without a window), and returns
+        :meth:`outcome`; an engine left running by an error here is stopped."""
+        try:
+            while self.read_available():
+                pass
+        finally:
+            if self.process.poll() is None and self.result is None:
+                self.stop()
+        return self.outcome()
+
     def _next(self) -> bool:
         if self._header is not None:
             need = self._header["bytes"] - len(self._payload)
@@ -385,14 +396,8 @@ def run_engine(command: list[str], settings: dict, content: bytes, shape: tuple,
     """Runs one request to its end (no window); returns the ``result`` event or raises
     ClientError."""
     run = EngineRun(command, on_event, where)
-    try:
-        run.send_request(settings, content, shape, style_path)
-        while run.read_available():
-            pass
-    finally:
-        if run.process.poll() is None and run.result is None:
-            run.stop()
-    return run.outcome()
+    run.send_request(settings, content, shape, style_path)
+    return run.read_to_end()
 
 
 def log_folder() -> Path:
