@@ -12,6 +12,7 @@ the top: ``connect`` must start in milliseconds.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -79,7 +80,6 @@ def _connect(path: Path) -> socket.socket | None:
 
 def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
     """Serves requests until ``idle_s`` seconds pass without one. Imports torch."""
-    from .devices import release_memory
     from .transfer import Warm
 
     folder = runtime_dir()
@@ -130,7 +130,7 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
             except OSError:  # a connection that broke: the next one is served all the same
                 traceback.print_exc()
             busy.clear()
-            release_memory(warm_device(warm))
+            warm.release_memory()
     finally:
         listener.close()
         if _owns(path, inode):
@@ -162,14 +162,6 @@ def _handle(conn: socket.socket, warm, folder: Path) -> None:
             pass
 
 
-def warm_device(warm):
-    import torch
-
-    for network, _ in warm.networks.values():
-        return next(network.parameters()).device
-    return torch.device("cpu")
-
-
 def _listen(path: Path) -> socket.socket | None:
     """Binds the socket (0600), replacing a stale one; None if a live service has it."""
     if path.exists():
@@ -197,8 +189,6 @@ def _owns(path: Path, inode: int | None) -> bool:
 
 
 def _tell(conn: socket.socket, event: dict) -> None:
-    import json
-
     try:
         conn.sendall(json.dumps(event).encode() + b"\n")
     except OSError:

@@ -100,7 +100,6 @@ class Warm:
     def __init__(self) -> None:
         self.networks: dict[tuple, tuple[VGGFeatures, str]] = {}
         self.grams: OrderedDict[tuple, dict] = OrderedDict()
-        self.hits = 0
 
     def network(self, key: tuple, load: Callable[[], tuple[VGGFeatures, str]]):
         if key not in self.networks:
@@ -108,9 +107,13 @@ class Warm:
             self.networks[key] = load()
         return self.networks[key]
 
+    def release_memory(self) -> None:
+        """Gives the device's cached memory back between runs (the network stays)."""
+        for network, _ in self.networks.values():
+            devices.release_memory(next(network.parameters()).device)
+
     def gram(self, key: tuple, compute: Callable[[], dict]) -> dict:
         if key in self.grams:
-            self.hits += 1
             self.grams.move_to_end(key)
             return self.grams[key]
         value = self.grams[key] = compute()
@@ -356,6 +359,7 @@ class _Run:
             last.update(loss, parts, region)
             return loss
 
+        last_region = tile == scale.regions()[-1]
         history: list[float] = []
         for step in range(1, scale.steps + 1):
             self.control.check()
@@ -379,12 +383,12 @@ class _Run:
                 self.stopped = "finished"
             elif top and self.settings.converge and _converged(history):
                 self.stopped = "converged"
-            done = step == scale.steps or self.stopped != "completed"
+            stopping = self.stopped != "completed"
+            done = step == scale.steps or stopping
             if self.callback is not None:
                 iterate = self.clock.tick(scale, (x1 - x0) * (y1 - y0), index, last.loss,
                                           last.parts)
-                iterate.scale_done = done and tile == scale.regions()[-1] or (
-                    self.stopped != "completed")
+                iterate.scale_done = done and (last_region or stopping)
                 iterate.image = region.detach()
                 self.callback(iterate)
             if done:
