@@ -68,6 +68,7 @@ def run_job(job: Job, emit: Emit, control: Control, warm: Warm | None = None) ->
         "width": width, "height": height, "total": sum(s.ticks for s in scales),
         "max_size": engine.max_size,
         "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
+        "detail": scales[-1].detail,
         "engine_pid": os.getpid(), "loaded_network": engine.loaded_network,
     })
     previews = _Previews(job, emit)
@@ -108,7 +109,7 @@ class _Previews:
         self.last = time.monotonic()
         self.seconds += self.last - start
         self.emit({"event": "preview", **fields, "step": it.step, "scale": it.scale,
-                   "width": it.width, "height": it.height,
+                   "width": it.width, "height": it.height, "detail": it.detail,
                    "write_s": round(self.seconds, 3)})
 
 
@@ -117,7 +118,8 @@ def progress_event(it: Iterate) -> dict:
         "event": "progress", "scale": it.scale, "scales": it.scales,
         "width": it.width, "height": it.height, "step": it.step, "total": it.total,
         "fraction": it.step / it.total, "elapsed_s": round(it.elapsed, 3),
-        "eta_s": round(it.eta, 3), "loss": it.loss,
+        "eta_s": round(it.eta, 3), "loss": it.loss, "detail": it.detail,
+        "tile": it.tile, "tiles": it.tiles, "pixels": it.pixels,
         **{f"{name}_loss": value for name, value in it.losses.items()},
     }
 

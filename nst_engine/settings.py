@@ -21,6 +21,8 @@ MAX_SIZE_LIMIT = 16384
 MAX_ITERATIONS = 5000
 MAX_SEED = 2**31 - 1  # GIMP's int arguments are 32-bit
 AUTO_SIZE = 0  # max_size 0 (or None): the engine picks the working size
+DETAIL_CHOICES = ("auto", "working", "full")
+DETAIL_STEPS = {"cpu": 10, "cuda": 30, "mps": 30}  # full-size refinement; docs/losses.md
 
 
 def knob(default, kind, help: str, group: str = "expert", *, minimum=None, maximum=None,
@@ -69,6 +71,18 @@ class Settings:
         "time and memory. 0 or unset: automatic (1024 on a GPU, 512 on the CPU); at or "
         "above the photo's size: full resolution", "quality", minimum=AUTO_SIZE,
         maximum=MAX_SIZE_LIMIT, metavar="PX", optional=True)
+    detail: str = knob(
+        "auto", str, "after the working size: 'full' refines the result at the photo's "
+        "full size (sharp at 100 %, slower), 'working' only enlarges it; auto: full on a "
+        "GPU, working on the processor", "quality", choices=DETAIL_CHOICES)
+    detail_steps: int | None = knob(
+        None, int, "steps of the full-size refinement, every tile (default: "
+        f"{DETAIL_STEPS['cpu']} on the processor, {DETAIL_STEPS['cuda']} on a GPU)",
+        "quality", minimum=1, maximum=MAX_ITERATIONS, metavar="N", optional=True)
+    enlarge: str = knob(
+        "guided", str, "how the working size's result is enlarged: guided adds back the "
+        "photo's finest detail where the painting follows the photo; bicubic alone is "
+        "softer", "quality", choices=("guided", "bicubic"))
     device: str = knob(
         "auto", str, "where to compute: auto picks an NVIDIA GPU, then Apple's GPU, then "
         "the processor", "quality", choices=("auto", "cuda", "mps", "cpu"))
@@ -155,6 +169,13 @@ class Settings:
     @property
     def auto_size(self) -> bool:
         return self.max_size in (None, AUTO_SIZE)
+
+    def refines(self, device_type: str) -> bool:
+        """Whether the run ends with the refinement at full size on this device."""
+        return self.detail == "full" or (self.detail == "auto" and device_type != "cpu")
+
+    def refinement_steps(self, device_type: str) -> int:
+        return self.detail_steps or DETAIL_STEPS.get(device_type, DETAIL_STEPS["cuda"])
 
 
 KNOBS: dict[str, dict] = {f.name: dict(f.metadata) for f in fields(Settings)}

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import devices, planning, weights
+from . import devices, enlarging, planning, weights
+from .enlarging import resize
 from .errors import EngineError, bad_input, cancelled
 from .images import Picture, keep_colors, load_picture, luminance
 from .losses import Objective, blended_grams
@@ -63,6 +63,10 @@ class Iterate:
     elapsed: float = 0.0
     eta: float = 0.0
     scale_done: bool = False  # the last step of this scale (or of the run)
+    detail: bool = False  # a step of the refinement at full size
+    tile: int = 1  # 1-based, of ``tiles`` regions at this scale
+    tiles: int = 1
+    pixels: int = 0  # of the region (tile or whole image) this step worked on
     image: torch.Tensor | None = None  # the current image at this scale (for previews)
 
 
@@ -80,15 +84,6 @@ def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def to_array(image: torch.Tensor) -> np.ndarray:
     return image[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-
-
-def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Bicubic, antialiased when shrinking; no blockiness when enlarging."""
-    if image.shape[-2:] == (height, width):
-        return image
-    out = F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False,
-                        antialias=True)
-    return out.clamp(0, 1)
 
 
 class Warm:
@@ -161,18 +156,28 @@ class StyleTransfer:
 
     def plan(self, width: int, height: int) -> list[Scale]:
         """The scales, each split into overlapping tiles when it would not fit the budget."""
-        scales = planning.plan_scales(width, height, self.max_size, self.settings.iterations)
+        s = self.settings
+        scales = planning.plan_scales(width, height, self.max_size, s.iterations)
+        if s.refines(self.device.type):
+            scales = planning.plan_detail(scales, width, height,
+                                          s.refinement_steps(self.device.type))
         return planning.tile_scales(scales, self.work_budget(width * height))
 
     def style_grams(self, styles: Sequence[torch.Tensor], side: float, budget: float,
-                    control: Control | None = None, keys: Sequence[str] = ()) -> dict:
+                    control: Control | None = None, keys: Sequence[str] = (),
+                    native: bool = False) -> dict:
         """Blended Gram targets of the style images resized to ``style_scale × side``,
         each computed within ``budget`` bytes (see :meth:`grams`), or taken from the
-        warm cache by the style's ``keys`` (content hashes)."""
+        warm cache by the style's ``keys`` (content hashes).
+
+        ``native`` (the refinement at full size): never enlarged past the painting's
+        own size, whose fine texture enlarging would blur (docs/losses.md).
+        """
         s = self.settings
         grams = []
         for index, style in enumerate(styles):
             factor = side * s.style_scale / max(style.shape[-2:])
+            factor = min(factor, 1.0) if native else factor
             size = (max(MIN_WORK_SIDE, round(style.shape[-1] * factor)),
                     max(MIN_WORK_SIDE, round(style.shape[-2] * factor)))
 
@@ -262,9 +267,8 @@ class StyleTransfer:
         try:
             image = run.optimise(content, styles)
             control.check()
-            result = to_tensor(to_array(image), torch.device("cpu"))
+            rgb = to_array(image)
             del image
-            rgb = to_array(resize(result, width, height))
             if s.preserve_colors:
                 rgb = keep_colors(rgb, content.rgb)
             if content.gray:
@@ -294,6 +298,12 @@ class _Run:
 
     def out_of_memory(self) -> EngineError:
         where = self.scale or self.scales[-1]
+        if where.detail:
+            return EngineError(
+                "out_of_memory",
+                f"out of memory refining at full size ({where.width}×{where.height}) on "
+                f"{self.engine.device.type}; try --detail working or a smaller "
+                "--memory-budget")
         side = max(where.width, where.height)
         smaller = max(MIN_WORK_SIDE, int(side / 1.5))
         return EngineError(
@@ -303,7 +313,8 @@ class _Run:
         )
 
     def optimise(self, content: Picture, styles: Sequence[Picture]) -> torch.Tensor:
-        """Every scale in turn; returns the image at the last scale reached."""
+        """Every working scale in turn, the enlargement to full size, and the
+        refinement there when planned; returns the image at full size."""
         engine, device = self.engine, self.engine.device
         width, height = content.size
         budget = engine.work_budget(width * height)
@@ -311,22 +322,31 @@ class _Run:
         style_images = [to_tensor(style.rgb, device) for style in styles]
         keys = [hashlib.sha1(style.rgb.tobytes()).hexdigest() for style in styles] \
             if engine.warm is not None else []
-        image = None
+        working = [scale for scale in self.scales if not scale.detail]
+        image = kept = None
         for index, scale in enumerate(self.scales, start=1):
             self.control.check()
+            if self.stopped == "finished":
+                break
             self.scale = scale
-            target = resize(full, scale.width, scale.height)
-            start = engine.initial(target) if image is None else resize(
-                image, scale.width, scale.height)
+            if scale.detail:
+                kept = enlarging.enlarge(image, full, self.settings.enlarge)
+                target, start = full, kept  # ``start`` is copied below: ``kept`` stays
+            else:
+                target = resize(full, scale.width, scale.height)
+                start = engine.initial(target) if image is None else resize(
+                    image, scale.width, scale.height)
             grams = engine.style_grams(style_images, max(scale.width, scale.height), budget,
-                                       self.control, keys)
+                                       self.control, keys, native=scale.detail)
             image = start.detach().clamp(0, 1)
-            top = index == len(self.scales)
+            top = scale is working[-1]
             for tile in scale.regions():
                 image = self.optimise_region(image, target, grams, tile, index, top)
-                if self.stopped != "completed":
-                    return image
-        return image
+                if self.stopped == "finished":
+                    if scale.detail and tile != scale.regions()[-1]:
+                        return kept  # Keep: the last finished state, not half the tiles
+                    break
+        return enlarging.enlarge(image, full, self.settings.enlarge)
 
     def optimise_region(self, image: torch.Tensor, content: torch.Tensor, grams: dict,
                         tile: Tile, index: int, top: bool) -> torch.Tensor:
@@ -359,7 +379,8 @@ class _Run:
             last.update(loss, parts, region)
             return loss
 
-        last_region = tile == scale.regions()[-1]
+        regions = scale.regions()
+        last_region = tile == regions[-1]
         history: list[float] = []
         for step in range(1, scale.steps + 1):
             self.control.check()
@@ -379,17 +400,21 @@ class _Run:
                 # repeats the same direction for good: restart its memory.
                 optimizer.state.clear()
             history.append(last.loss)
+            converged = top and self.settings.converge and _converged(history)
             if self.control.finish.is_set():
                 self.stopped = "finished"
-            elif top and self.settings.converge and _converged(history):
+            elif converged:  # this region; the next tile (or the refinement) goes on
                 self.stopped = "converged"
-            stopping = self.stopped != "completed"
-            done = step == scale.steps or stopping
+            finishing = self.stopped == "finished"
+            done = step == scale.steps or finishing or converged
             if self.callback is not None:
                 iterate = self.clock.tick(scale, (x1 - x0) * (y1 - y0), index, last.loss,
                                           last.parts)
-                iterate.scale_done = done and (last_region or stopping)
+                iterate.scale_done = done and (last_region or finishing)
                 iterate.image = region.detach()
+                iterate.detail = scale.detail
+                iterate.tile, iterate.tiles = regions.index(tile) + 1, len(regions)
+                iterate.pixels = (x1 - x0) * (y1 - y0)
                 self.callback(iterate)
             if done:
                 break

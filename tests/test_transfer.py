@@ -236,16 +236,16 @@ def test_adam_keeps_its_moments_when_a_step_raises_the_loss(photo, painting, mon
 
 
 def test_out_of_memory_after_the_loop_is_reported_as_such(photo, painting, monkeypatch):
-    from nst_engine import transfer
+    from nst_engine import enlarging
 
-    original = transfer.resize
+    original = enlarging.resize
 
     def no_memory(image, width, height):
         if (width, height) == (96, 80) and image.shape[-1] != 96:  # the final enlargement
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried...")
         return original(image, width, height)
 
-    monkeypatch.setattr(transfer, "resize", no_memory)
+    monkeypatch.setattr(enlarging, "resize", no_memory)
     with pytest.raises(EngineError) as info:
         StyleTransfer(small(iterations=2)).stylize(load_picture(photo), [load_picture(painting)])
     assert info.value.kind == "out_of_memory" and "--max-size" in info.value.message

@@ -27,6 +27,11 @@ import nst_client  # noqa: E402
 PROC_NAME = "python-fu-neural-style-transfer"
 CALIBRATION = os.path.join(PLUGIN_DIR, "nst-calibration.json")
 PREVIEW_INTERVAL_S = 2.0  # a fresh picture at least this often, and at every scale's end
+DETAILS = (
+    ("auto", "Automatic (full size on a GPU)"),
+    ("working", "Working size, enlarged (fast)"),
+    ("full", "Refine at full size (sharp at 100 %)"),
+)
 DEVICES = (
     ("auto", "Automatic (GPU if available)"),
     ("cuda", "NVIDIA GPU (CUDA)"),
@@ -240,29 +245,41 @@ class RunWindow:
             self.last = p
             self.keep.set_sensitive(not self.cancelled)
             self.labels["step"].set_text(f"{p.step} of {p.total}")
-            self.labels["scale"].set_text(
-                f"{p.scale} of {p.scales} ({event.get('width')}×{event.get('height')})")
+            if p.detail:
+                self.labels["scale"].set_text(f"full size, tile {p.tile} of {p.tiles}")
+            else:
+                tiles = f", tile {p.tile} of {p.tiles}" if p.tiles > 1 else ""
+                self.labels["scale"].set_text(
+                    f"{p.scale} of {p.scales} ({event.get('width')}×{event.get('height')}"
+                    f"{tiles})")
             self.labels["remaining"].set_text(f"at most {nst_client.format_eta(p.eta_s)}")
             self.bar.set_fraction(min(1.0, p.fraction))
             Gimp.progress_update(p.fraction)
             Gimp.progress_set_text(f"Neural style transfer: step {p.step} of {p.total}")
         elif kind == "preview":
-            self.show_preview(event["payload"])
+            self.show_preview(event["payload"], event.get("detail", False))
         elif kind == "result":
             self.status.set_text("Adding the layer…")
 
-    def show_preview(self, png):
+    def show_preview(self, png, at_100_percent=False):
+        """Fitted to the window; the refinement's tile at 100 %, its middle, where the
+        detail it adds shows."""
         try:
             loader = self.GdkPixbuf.PixbufLoader.new_with_type("png")
             loader.write(png)
             loader.close()
             pixbuf = loader.get_pixbuf()
             allocation = self.picture.get_allocation()
-            side = max(64, min(allocation.width, allocation.height))
-            scale = side / max(pixbuf.get_width(), pixbuf.get_height())
-            pixbuf = pixbuf.scale_simple(max(1, round(pixbuf.get_width() * scale)),
-                                         max(1, round(pixbuf.get_height() * scale)),
-                                         self.GdkPixbuf.InterpType.BILINEAR)
+            width, height = pixbuf.get_width(), pixbuf.get_height()
+            if at_100_percent:
+                w, h = min(width, allocation.width), min(height, allocation.height)
+                pixbuf = pixbuf.new_subpixbuf((width - w) // 2, (height - h) // 2, w, h)
+            else:
+                side = max(64, min(allocation.width, allocation.height))
+                scale = side / max(width, height)
+                pixbuf = pixbuf.scale_simple(max(1, round(width * scale)),
+                                             max(1, round(height * scale)),
+                                             self.GdkPixbuf.InterpType.BILINEAR)
         except (GLib.Error, TypeError, AttributeError):
             return  # a preview is a nicety: the next one will do
         self.picture.set_from_pixbuf(pixbuf)
@@ -281,7 +298,10 @@ class RunWindow:
         self.run_.send("finish")
         self.keep.set_sensitive(False)
         self.cancel.set_sensitive(False)
-        self.status.set_text("Finishing: enlarging the picture to the layer's size…")
+        self.status.set_text(
+            "Keeping the picture as it was before the full-size pass…"
+            if self.last is not None and self.last.detail
+            else "Finishing: enlarging the picture to the layer's size…")
 
     def on_cancel(self, button):
         self.cancelled = True
@@ -400,11 +420,19 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             "seed", "See_d",
             "Seed for anything random; on the processor a run repeats exactly", 0,
             2147483647, 0, flags)
-        choice = Gimp.Choice.new()
-        for index, (nick, label) in enumerate(DEVICES):
-            choice.add(nick, index, label, "")
+        details = Gimp.Choice.new()
+        for index, (nick, label) in enumerate(DETAILS):
+            details.add(nick, index, label, "")
         procedure.add_choice_argument(
-            "device", "De_vice", "Where to compute", choice, "auto", flags)
+            "detail", "De_tail",
+            "After the working size: enlarge the result (fast), or refine it at the layer's "
+            "full size so that it is sharp at 100 % (takes longer; automatic: on a GPU)",
+            details, "auto", flags)
+        devices = Gimp.Choice.new()
+        for index, (nick, label) in enumerate(DEVICES):
+            devices.add(nick, index, label, "")
+        procedure.add_choice_argument(
+            "device", "De_vice", "Where to compute", devices, "auto", flags)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, data):

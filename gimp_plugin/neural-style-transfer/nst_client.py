@@ -61,6 +61,9 @@ class Progress:
     eta_s: float
     scale: int
     scales: int
+    detail: bool = False  # the refinement at full size
+    tile: int = 1
+    tiles: int = 1
 
 
 def engine_command(plugin_dir: str | os.PathLike) -> tuple[list[str], str]:
@@ -146,7 +149,7 @@ def settings_from_config(value_of) -> dict:
     """Engine settings from the procedure's arguments, read by name (``value_of(name)``),
     as docs/protocol.md maps them: ``style-strength`` → ``style_strength``, …"""
     kinds = {"style-strength": float, "iterations": int, "max-size": int,
-             "preserve-colors": bool, "seed": int, "device": str}
+             "preserve-colors": bool, "seed": int, "detail": str, "device": str}
     return {name.replace("-", "_"): kind(value_of(name)) for name, kind in kinds.items()}
 
 
@@ -385,7 +388,8 @@ def parse_event(raw: bytes) -> dict | None:
             event["progress"] = Progress(
                 int(event["step"]), int(event["total"]), float(event["fraction"]),
                 float(event.get("eta_s", 0.0)), int(event.get("scale", 1)),
-                int(event.get("scales", 1)))
+                int(event.get("scales", 1)), bool(event.get("detail", False)),
+                int(event.get("tile", 1)), int(event.get("tiles", 1)))
         except (KeyError, TypeError, ValueError):
             return None
     return event
@@ -459,6 +463,14 @@ def auto_max_size(device: str) -> int:
     return 512 if device == "cpu" else 1024
 
 
+DETAIL_STEPS = {"cpu": 10, "cuda": 30, "mps": 30}  # as nst_engine.settings.DETAIL_STEPS
+
+
+def refines(detail: str, device: str) -> bool:
+    """Whether a run ends with the refinement at full size (``Settings.refines``)."""
+    return detail == "full" or (detail == "auto" and device != "cpu")
+
+
 class SpeedLog:
     """Measures a run from its events, for the next runs' time estimates: start-up,
     seconds per step as ``a + b × pixels``, and the share of the top scale's steps
@@ -468,8 +480,11 @@ class SpeedLog:
         self.launched = time.monotonic()
         self.device = None
         self.planned: list = []
+        self.planned_detail = False
         self.first_step_at = None
         self.marks: dict[int, list] = {}  # scale → [pixels, first elapsed, last elapsed, steps]
+        self.working_end = 0.0  # elapsed at the working size's last step
+        self.detail = None  # the refinement: [last elapsed, steps, tiles, photo pixels]
         self.result = None
         self.first_seen: dict[str, float] = {}  # event kind → seconds after launch
 
@@ -479,15 +494,22 @@ class SpeedLog:
         if kind == "started":
             self.device = event.get("device")
             self.planned = event.get("scales", [])
+            self.planned_detail = bool(event.get("detail"))
         elif kind == "progress":
             p = event["progress"]
             if self.first_step_at is None:
                 self.first_step_at = time.monotonic()
-            mark = self.marks.setdefault(
-                p.scale, [event.get("width", 0) * event.get("height", 0),
-                          float(event.get("elapsed_s", 0)), 0.0, 0])
-            mark[2] = float(event.get("elapsed_s", 0))
+            elapsed = float(event.get("elapsed_s", 0))
+            pixels = event.get("pixels") or event.get("width", 0) * event.get("height", 0)
+            mark = self.marks.setdefault(p.scale, [pixels, elapsed, 0.0, 0])
+            mark[2] = elapsed
             mark[3] += 1
+            if not p.detail:
+                self.working_end = elapsed
+            else:
+                self.detail = self.detail or [0.0, 0, p.tiles,
+                                              event.get("width", 0) * event.get("height", 0)]
+                self.detail[0], self.detail[1] = elapsed, self.detail[1] + 1
         elif kind == "result":
             self.result = event
 
@@ -506,14 +528,20 @@ class SpeedLog:
         first_pixels = self.marks[min(self.marks)][0]
         startup = self.first_step_at - self.launched - (a + b * first_pixels)
         fractions = {}
+        working = len(self.planned) - (1 if self.planned_detail else 0)
         if self.result and self.result.get("stopped") in ("completed", "converged") \
-                and self.planned and max(self.marks) == len(self.planned):
-            top = self.planned[-1]
+                and working in self.marks:
+            top = self.planned[working - 1]
             fractions[str(max(top[0], top[1]))] = round(
-                self.marks[max(self.marks)][3] / max(1, top[2]), 3)
-        return {"device": self.device, "startup_s": round(max(0.0, startup), 3),
-                "step_s": round(a, 6), "step_s_per_megapixel": round(b * 1e6, 6),
-                "top_fractions": fractions}
+                self.marks[working][3] / max(1, top[2]), 3)
+        calibration = {"device": self.device, "startup_s": round(max(0.0, startup), 3),
+                       "step_s": round(a, 6), "step_s_per_megapixel": round(b * 1e6, 6),
+                       "top_fractions": fractions}
+        if self.detail:
+            last, ticks, tiles, pixels = self.detail
+            calibration["detail_s_per_megapixel_step"] = round(
+                (last - self.working_end) / (ticks / tiles * pixels / 1e6), 6)
+        return calibration
 
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -542,11 +570,15 @@ def load_calibration(path: str | os.PathLike) -> dict | None:
 
 
 def save_calibration(path: str | os.PathLike, new: dict) -> None:
-    """Stores ``new`` (from :meth:`SpeedLog.calibration`), keeping the shares of
-    top-scale steps measured before at other sizes; quiet on failure."""
+    """Stores ``new`` (from :meth:`SpeedLog.calibration`), keeping what was measured
+    before and not this time (shares of top-scale steps at other sizes, the
+    refinement's speed); quiet on failure."""
     old = load_calibration(path) or {}
-    if old.get("device") == new["device"] and isinstance(old.get("top_fractions"), dict):
-        new["top_fractions"] = {**old["top_fractions"], **new.get("top_fractions", {})}
+    if old.get("device") == new["device"]:
+        if isinstance(old.get("top_fractions"), dict):
+            new["top_fractions"] = {**old["top_fractions"], **new.get("top_fractions", {})}
+        if "detail_s_per_megapixel_step" in old:
+            new.setdefault("detail_s_per_megapixel_step", old["detail_s_per_megapixel_step"])
     try:
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -560,6 +592,9 @@ def save_calibration(path: str | os.PathLike, new: dict) -> None:
 # where none was measured at that size yet: 0.67 at 256 px, 0.90 at 512 px and 1.0 at
 # 1024 px here (benchmarks/RESULTS.md); erring long is kinder than erring short.
 DEFAULT_TOP_FRACTION = 1.0
+# The refinement at full size works in overlapping tiles: pixel-steps per photo pixel
+# and step, about, until a refinement has been measured here.
+DETAIL_OVERLAP = 1.3
 
 
 def estimate_seconds(calibration: dict | None, width: int, height: int,
@@ -578,6 +613,11 @@ def estimate_seconds(calibration: dict | None, width: int, height: int,
             steps = max(1, steps * min(1.0, fraction))
         per_step = calibration["step_s"] + calibration["step_s_per_megapixel"] * w * h / 1e6
         seconds += steps * per_step
+    device = calibration["device"]
+    if refines(settings.get("detail", "auto"), device) and sizes[-1][:2] != (width, height):
+        rate = calibration.get("detail_s_per_megapixel_step") or \
+            DETAIL_OVERLAP * calibration["step_s_per_megapixel"]
+        seconds += DETAIL_STEPS.get(device, DETAIL_STEPS["cuda"]) * width * height / 1e6 * rate
     return seconds
 
 
