@@ -6,8 +6,7 @@ import torch
 from conftest import real_weights_dir
 from test_tiling import gradient_energy, seam_lines, structured_photo
 
-from nst_engine import EngineError, Settings, StyleTransfer, load_picture
-from nst_engine import enlarging
+from nst_engine import EngineError, Settings, StyleTransfer, enlarging, load_picture
 from nst_engine.enlarging import enlarge, resize
 from nst_engine.images import Picture
 from nst_engine.planning import BYTES_PER_PIXEL
