@@ -132,8 +132,11 @@ class _Bar:
             return
         done = int(30 * event["fraction"])
         eta = event["eta_s"]
+        where = f"scale {event['scale']}/{event['scales']}"
+        if event["detail"]:
+            where = f"full size, tile {event['tile']}/{event['tiles']}"
         sys.stderr.write(
-            f"\rscale {event['scale']}/{event['scales']} {event['width']}×{event['height']} "
+            f"\r{where} {event['width']}×{event['height']} "
             f"[{'#' * done}{'.' * (30 - done)}] {event['step']}/{event['total']} "
             f"loss {event['loss']:.4g}  ETA {int(eta // 60)}:{int(eta % 60):02d} "
         )

@@ -379,8 +379,7 @@ class _Run:
             last.update(loss, parts, region)
             return loss
 
-        regions = scale.regions()
-        last_region = tile == regions[-1]
+        last_region = tile == scale.regions()[-1]
         history: list[float] = []
         for step in range(1, scale.steps + 1):
             self.control.check()
@@ -408,13 +407,9 @@ class _Run:
             finishing = self.stopped == "finished"
             done = step == scale.steps or finishing or converged
             if self.callback is not None:
-                iterate = self.clock.tick(scale, (x1 - x0) * (y1 - y0), index, last.loss,
-                                          last.parts)
+                iterate = self.clock.tick(scale, index, tile, last.loss, last.parts)
                 iterate.scale_done = done and (last_region or finishing)
                 iterate.image = region.detach()
-                iterate.detail = scale.detail
-                iterate.tile, iterate.tiles = regions.index(tile) + 1, len(regions)
-                iterate.pixels = (x1 - x0) * (y1 - y0)
                 self.callback(iterate)
             if done:
                 break
@@ -464,8 +459,10 @@ class _Clock:
         self.step = 0
         self.started = time.monotonic()
 
-    def tick(self, scale: Scale, pixels: int, index: int, loss: float,
+    def tick(self, scale: Scale, index: int, tile: Tile, loss: float,
              parts: dict) -> Iterate:
+        x0, y0, x1, y1 = tile
+        pixels = (x1 - x0) * (y1 - y0)
         self.step += 1
         self.work_done += pixels
         elapsed = time.monotonic() - self.started
@@ -474,4 +471,6 @@ class _Clock:
             scale=index, scales=self.scales, width=scale.width, height=scale.height,
             step=self.step, total=self.total, loss=loss, losses=parts,
             elapsed=elapsed, eta=rate * (self.work_total - self.work_done),
+            detail=scale.detail, tile=scale.regions().index(tile) + 1,
+            tiles=len(scale.regions()), pixels=pixels,
         )

@@ -26,7 +26,7 @@ from sshd import SSHServer, SSHUnavailable
 pytestmark = pytest.mark.gimp
 
 SCENARIOS = ["registration", "basic", "deep", "float", "gray", "selection", "missing_style",
-             "bad_style", "group", "two_layers", "killed", "kept_early"]
+             "bad_style", "group", "two_layers", "killed", "kept_early", "refined"]
 SCENARIO_FUNCS = {"float": "deep_float_levels", "group": "in_group"}
 
 
@@ -225,8 +225,8 @@ def test_procedure_is_registered_in_the_filters_menu(results):
     assert run["menu_paths"] == ["<Image>/Filters/Artistic"]
     assert run["label"] == "_Neural Style Transfer..."
     assert run["image_types"] == "RGB*, GRAY*"
-    assert run["arguments"][-7:] == ["style-file", "style-strength", "iterations", "max-size",
-                                     "preserve-colors", "seed", "device"]
+    assert run["arguments"][-8:] == ["style-file", "style-strength", "iterations", "max-size",
+                                     "preserve-colors", "seed", "detail", "device"]
 
 
 def test_argument_defaults_and_ranges_are_the_engines(results):
@@ -236,14 +236,15 @@ def test_argument_defaults_and_ranges_are_the_engines(results):
     arguments = get(results, "registration")["defaults"]
     for name, spec in arguments.items():
         if name not in ("style-strength", "iterations", "max-size", "preserve-colors", "seed",
-                        "device"):
+                        "detail", "device"):
             continue
         key = name.replace("-", "_")
         default = DEFAULTS[key] if key != "max_size" else AUTO_SIZE
         assert spec["default"] == default, name
         if "min" in spec:
             assert (spec["min"], spec["max"]) == (KNOBS[key]["min"], KNOBS[key]["max"]), name
-    assert {"style-strength", "iterations", "max-size", "seed", "device"} <= set(arguments)
+    assert {"style-strength", "iterations", "max-size", "seed", "detail", "device"} <= set(
+        arguments)
 
 
 def test_new_layer_above_source_with_offsets_alpha_and_name(results):
@@ -257,6 +258,16 @@ def test_new_layer_above_source_with_offsets_alpha_and_name(results):
     assert run["alpha_equal"], "the alpha channel must come back exactly"
     assert run["changed"] > 0.01, "the new layer should differ from the photo"
     assert source["name"] == "photo"
+
+
+def test_refinement_at_full_size_keeps_offsets_alpha_and_16_bits(results):
+    run = get(results, "refined")
+    assert run["status"] == "success", run["message"]
+    new = run["new"]
+    assert (new["width"], new["height"], new["x"], new["y"]) == (150, 110, 9, 4)
+    assert new["has_alpha"] and run["alpha_equal"]
+    assert run["levels"] > 256
+    assert run["differs"] > 0, "Detail 'full' must refine beyond the enlargement"
 
 
 def test_16_bit_image_keeps_more_than_256_levels(results):

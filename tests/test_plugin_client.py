@@ -205,3 +205,44 @@ def test_a_temporary_folder_that_cannot_be_made_is_an_os_error(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(OSError):
         nst_client.make_workdir(str(tmp_path / "a-file" / "below"))
+
+
+def test_estimate_counts_the_refinement_at_full_size(tmp_path):
+    """The refinement's speed is measured per photo megapixel and step (its tiles'
+    overlap included), kept across runs without one, and added where it will run."""
+    log = nst_client.SpeedLog()
+    log.on_event({"event": "started", "device": "cpu", "detail": True,
+                  "scales": [[128, 128, 10, 1], [1000, 1000, 2, 4]]})
+    elapsed = 0.0
+    for step in range(10):
+        elapsed += 0.1
+        log.on_event(nst_client.parse_event(json.dumps({
+            "event": "progress", "step": step + 1, "total": 18, "fraction": 0.1, "scale": 1,
+            "scales": 2, "width": 128, "height": 128, "elapsed_s": elapsed}).encode()))
+    for tile in range(4):
+        for _ in range(2):
+            elapsed += 1.5  # 12 s for 2 steps over a 1 MP photo: 6 s per megapixel-step
+            log.on_event(nst_client.parse_event(json.dumps({
+                "event": "progress", "step": 11, "total": 18, "fraction": 0.6, "scale": 2,
+                "scales": 2, "width": 1000, "height": 1000, "elapsed_s": elapsed,
+                "detail": True, "tile": tile + 1, "tiles": 4, "pixels": 300_000}).encode()))
+    log.on_event({"event": "result", "path": "x", "steps": 18, "stopped": "completed"})
+    calibration = log.calibration()
+    assert calibration["detail_s_per_megapixel_step"] == pytest.approx(6.0)
+    assert calibration["top_fractions"] == {"128": 1.0}
+    path = tmp_path / "calibration.json"
+    nst_client.save_calibration(path, calibration)
+    without = {k: v for k, v in calibration.items() if k != "detail_s_per_megapixel_step"}
+    nst_client.save_calibration(path, without)  # a later run without the refinement
+    loaded = nst_client.load_calibration(path)
+    assert loaded["detail_s_per_megapixel_step"] == pytest.approx(6.0)  # kept
+    settings = {"max_size": 128, "iterations": 10}
+    working = nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "working"})
+    full = nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "full"})
+    steps = nst_client.DETAIL_STEPS["cpu"]
+    assert full - working == pytest.approx(steps * 6.0)
+    assert nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "auto"}) \
+        == working  # automatic: no refinement on the processor
+    from nst_engine.settings import DETAIL_STEPS
+
+    assert nst_client.DETAIL_STEPS == DETAIL_STEPS

@@ -177,6 +177,30 @@ def basic():
     image.delete()
 
 
+def refined():
+    """The refinement at full size, through the plug-in: a 16-bit layer with offsets and
+    varying alpha keeps them; the result differs from the enlargement alone."""
+    results = {}
+    for detail in ("full", "working"):
+        image, layer = make_image(width=180, height=140, layer_size=(150, 110),
+                                  offsets=(9, 4), alpha_varies=True,
+                                  precision=Gimp.Precision.U16_NON_LINEAR)
+        before = pixels(layer)
+        status, message = run(image, [layer], detail=detail)
+        new = image.get_layers()[0]
+        result = pixels(new)
+        results[detail] = result
+        if detail == "full":
+            report_values = dict(
+                status=status, message=message, new=describe(new),
+                alpha_equal=list(result[3::4]) == list(before[3::4]),
+                levels=len(set(pixels(new, "R'G'B'A u16")[0::4])))
+        image.delete()
+    report("refined", **report_values,
+           differs=sum(abs(a - b) for a, b in zip(results["full"], results["working"]))
+           / len(results["full"]))
+
+
 def deep():
     image, layer = make_image(precision=Gimp.Precision.U16_NON_LINEAR)
     status, message = run(image, [layer])
