@@ -5,7 +5,9 @@
 # Needs root, Xvfb, xdotool and ImageMagick's import on the host, and a root from
 # provision.sh. WEIGHTS_DIR holds vgg19-original.pth (real weights: real looks).
 # Writes OUTDIR/dialog-gimp-V.png, OUTDIR/run-window-gimp-V.png and the timings
-# the plug-in printed (OUTDIR/timings-gimp-V.txt).
+# the plug-in printed (OUTDIR/timings-gimp-V.txt). NST_SHOT_DETAIL (auto, working, full)
+# and NST_SHOT_MAX_SIZE (0: automatic) preset the dialog; NST_SHOT_RUN_WAIT is how
+# long after OK the run window is taken (45 s).
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,7 +54,8 @@ def call(mode, **settings):
 # A first, short run measures this computer's speed for the dialog's estimate.
 call(Gimp.RunMode.NONINTERACTIVE, iterations=40, **{"max-size": 256})
 open("$inside/calibrated", "w").close()
-call(Gimp.RunMode.INTERACTIVE)
+call(Gimp.RunMode.INTERACTIVE, detail="${NST_SHOT_DETAIL:-auto}",
+     **{"max-size": ${NST_SHOT_MAX_SIZE:-0}})
 PY
 run DISPLAY="$display" GIMP3_DIRECTORY="$inside/profile" timeout 900 "gimp-$version" \
   --no-splash --batch-interpreter=python-fu-eval \
