@@ -23,7 +23,7 @@ from .protocol import (
     watch_stdin,
 )
 from .settings import DEFAULTS, KNOBS, Settings
-from .stream import request_over, serve_one
+from .stream import Channel, request_over, serve_one
 from .transfer import Control
 
 PROG = "nst-engine"
@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             return service.connect(args.idle_timeout)
         die_with_parent()
         if args.command == "stream":
-            serve_one(functools.partial(os.read, sys.stdin.fileno()), emit, control)
+            fd = sys.stdin.fileno()
+            serve_one(Channel(functools.partial(os.read, fd),
+                              lambda view: os.readv(fd, [view])), emit, control)
             return 0
         watch_stdin(control, stopping.request)
         run_job(job_from_request(args.request), emit, control)

@@ -141,14 +141,14 @@ def _handle(conn: socket.socket, warm, folder: Path) -> None:
     """Runs one connection's request, answering on it; never raises for the request."""
     from .errors import EngineError
     from .protocol import Emitter, error_event
-    from .stream import serve_one
+    from .stream import Channel, serve_one
     from .transfer import Control
 
     control = Control()
     with conn, conn.makefile("wb") as wfile:
         emit = Emitter(wfile, on_gone=control.cancel.set)
         try:
-            serve_one(conn.recv, emit, control, warm)
+            serve_one(Channel(conn.recv, conn.recv_into), emit, control, warm)
         except EngineError as error:
             emit(error_event(error))
         except Exception as exc:  # one bad request must not end the service

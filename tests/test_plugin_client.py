@@ -22,7 +22,7 @@ def test_environment_is_cleaned_but_keeps_nst_variables():
 
 
 ARGUMENTS = {"style-strength": 0.7, "iterations": 250, "max-size": 800,
-             "preserve-colors": True, "seed": 42, "device": "cpu"}
+             "preserve-colors": True, "seed": 42, "detail": "full", "device": "cpu"}
 
 
 def settings(**changes):
@@ -31,7 +31,8 @@ def settings(**changes):
 
 def test_arguments_map_onto_engine_settings_by_name():
     assert settings() == {"style_strength": 0.7, "iterations": 250, "max_size": 800,
-                          "preserve_colors": True, "seed": 42, "device": "cpu"}
+                          "preserve_colors": True, "seed": 42, "detail": "full",
+                          "device": "cpu"}
     from nst_engine import Settings
 
     Settings.from_dict(settings())  # the engine accepts exactly these
