@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-METHODS = ("guided", "bicubic")
-GUIDE_RADIUS = 2  # working-size pixels the local gain is measured over
-GUIDE_EPS = 1e-3  # regularises the gain where the photo is flat (variance of [0, 1] values)
+GUIDE_RADIUS = 4  # working-size pixels the local gain is measured over (9×9)
+GUIDE_EPS = 1e-4  # regularises the gain where the photo is flat (variance of [0, 1] values)
+MAX_GAIN = 2.0  # where the photo is nearly flat its noise would be amplified past this
 STRIP_ROWS = 512  # full-size rows the gain is applied to at once (bounds the memory)
 
 
@@ -32,8 +32,9 @@ def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """Rec. 709 luma of a (1, 3, H, W) tensor, as (1, 1, H, W)."""
-    weights = torch.tensor([0.2126, 0.7152, 0.0722], dtype=rgb.dtype, device=rgb.device)
+    """Luma Y' of a (1, 3, H, W) R'G'B' tensor, as (1, 1, H, W) (the weights of
+    ``images.LUMA``)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=rgb.dtype, device=rgb.device)
     return (rgb * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
@@ -67,7 +68,7 @@ def local_gain(guide: torch.Tensor, painting: torch.Tensor) -> torch.Tensor:
     mean_guide, mean_painting = box(guide), box(painting)
     covariance = box(guide * painting) - mean_guide * mean_painting
     variance = box(guide * guide) - mean_guide * mean_guide
-    return box(covariance / (variance + GUIDE_EPS))
+    return box(covariance / (variance + GUIDE_EPS)).clamp(-MAX_GAIN, MAX_GAIN)
 
 
 def _bilinear_rows(low: torch.Tensor, width: int, height: int, rows: slice) -> torch.Tensor:
