@@ -3,7 +3,7 @@ a 24 MP run with the refinement at full size (target: the refinement within 60 s
 
     bash benchmarks/gpu_check.sh            # on an NVIDIA GPU (target: < 5 minutes on an H200)
     bash benchmarks/gpu_check.sh --device cpu --size 64 --steps 4 --compare-steps 3 \
-        --detail-size 300 --detail-iterations 4   # dry run
+        --detail-size 300 --detail-iterations 4 --detail-max-size 128   # dry run
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def run(engine: StyleTransfer, content, style, steps: int) -> tuple[float, float
 
 def refinement(args, style: torch.Tensor) -> dict:
     """A whole run on a ``detail_size`` × 2/3 photo with the refinement at full size."""
-    settings = Settings(device=args.device, detail="full", iterations=args.detail_iterations)
+    settings = Settings(device=args.device, detail="full", iterations=args.detail_iterations,
+                        max_size=args.detail_max_size)
     engine = StyleTransfer(settings)
     photo = synthetic(args.detail_size, args.detail_size * 2 // 3, 3)
     picture = Picture(photo[0].permute(1, 2, 0).numpy().copy())
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--compare-steps", type=int, default=200)
     parser.add_argument("--detail-size", type=int, default=6000, help="0: skip")
     parser.add_argument("--detail-iterations", type=int, default=200)
+    parser.add_argument("--detail-max-size", type=int, default=0, help="0: automatic")
     args = parser.parse_args()
     engine = StyleTransfer(Settings(device=args.device, converge=False))
     device = engine.device

@@ -12,7 +12,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
 def test_gpu_check_dry_run_on_cpu():
     done = subprocess.run(
         ["bash", str(SCRIPT), "--device", "cpu", "--size", "64", "--steps", "3",
-         "--compare-size", "64", "--compare-steps", "2"],
+         "--compare-size", "64", "--compare-steps", "2", "--detail-size", "300",
+         "--detail-iterations", "4", "--detail-max-size", "128"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHON": sys.executable, "NST_WEIGHTS": "random"})
     assert done.returncode == 0, done.stderr
@@ -22,3 +23,6 @@ def test_gpu_check_dry_run_on_cpu():
     # (bf16_within_2_percent) is for real sizes, not 64 px with random weights
     assert 0 < report["compare"]["relative_difference"] < 0.3
     assert report["speed"]["evaluations"] >= 3 and report["speed"]["achieved_tflops"] > 0
+    detail = report["detail"]  # the refinement at full size: timed, in tiles, finite
+    assert detail["size"] == [200, 300] and detail["finite"] and detail["tiles"] >= 1
+    assert 0 < detail["refinement_seconds"] < detail["seconds"]
