@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .images import LUMA
+
 GUIDE_RADIUS = 4  # working-size pixels the local gain is measured over (9×9)
 GUIDE_EPS = 1e-4  # regularises the gain where the photo is flat (variance of [0, 1] values)
 MAX_GAIN = 2.0  # where the photo is nearly flat its noise would be amplified past this
@@ -32,9 +34,8 @@ def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """Luma Y' of a (1, 3, H, W) R'G'B' tensor, as (1, 1, H, W) (the weights of
-    ``images.LUMA``)."""
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=rgb.dtype, device=rgb.device)
+    """Luma Y' of a (1, 3, H, W) R'G'B' tensor, as (1, 1, H, W)."""
+    weights = torch.as_tensor(LUMA, dtype=rgb.dtype, device=rgb.device)
     return (rgb * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
