@@ -48,8 +48,9 @@ def enlarge(painting: torch.Tensor, photo: torch.Tensor, method: str = "guided")
     if method == "bicubic":
         return enlarged
     small = resize(photo, painting.shape[-1], painting.shape[-2])
-    gain = local_gain(luminance(small), painting)
-    smooth = resize(luminance(small), width, height)  # the photo as the working size saw it
+    guide = luminance(small)
+    gain = local_gain(guide, painting)
+    smooth = resize(guide, width, height)  # the photo as the working size saw it
     for top in range(0, height, STRIP_ROWS):
         rows = slice(top, min(height, top + STRIP_ROWS))
         lost = luminance(photo[..., rows, :]) - smooth[..., rows, :]

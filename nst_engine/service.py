@@ -236,8 +236,7 @@ def _start(folder: Path, path: Path, idle_s: float) -> socket.socket | None:
         if sock is not None:
             return sock
         if process.poll() is not None:
-            sock = _connect(path)  # lost a race with another starting service: fine
-            return sock
+            return _connect(path)  # lost a race with another starting service: fine
         time.sleep(0.05)
     return None
 
