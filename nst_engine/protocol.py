@@ -140,8 +140,8 @@ class Emitter:
         self.lock = threading.Lock()
 
     def __call__(self, event: dict) -> None:
-        """Writes the event; a ``_payload`` (bytes) follows its line raw, and the line
-        says how long it is (``bytes``): the stream's framing, ``stream.py``."""
+        """Writes the event; a ``_payload`` (bytes-like) follows its line raw, and the
+        line says how long it is (``bytes``): the stream's framing, ``stream.py``."""
         with self.lock:
             if self.closed:
                 return
@@ -149,7 +149,9 @@ class Emitter:
             payload = event.pop("_payload", b"")
             try:
                 line = json.dumps(event, separators=(",", ":")) + "\n"
-                self.stream.write(line.encode() + payload)
+                self.stream.write(line.encode())
+                if len(payload):  # written as it is: no copy of a 384 MB result
+                    self.stream.write(payload)
                 self.stream.flush()
             except (BrokenPipeError, ConnectionError, ValueError):
                 self.closed = True

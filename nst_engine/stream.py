@@ -54,7 +54,7 @@ class Channel:
             raise EOFError
         self.buffer += chunk
 
-    def _take(self, size: int) -> bytearray:
+    def _take(self, size: int) -> bytearray | np.ndarray:
         if self.read_into is not None and size >= self.LARGE:
             return self._take_large(size)
         while len(self.buffer) < size:
@@ -63,8 +63,8 @@ class Channel:
         del self.buffer[:size]
         return data
 
-    def _take_large(self, size: int) -> bytearray:
-        data = bytearray(size)
+    def _take_large(self, size: int) -> np.ndarray:
+        data = np.empty(size, np.uint8)  # not zero-filled first, unlike a bytearray
         view = memoryview(data)
         have = min(size, len(self.buffer))
         view[:have] = self.buffer[:have]
@@ -145,14 +145,16 @@ def _array(header, payload: bytes) -> Picture:
         raise bad_input("content shape must be [height, width, channels]")
     if len(payload) != 4 * shape[0] * shape[1] * shape[2]:
         raise bad_input("the content's bytes do not match its shape")
-    data = np.frombuffer(payload, "<f4").reshape(shape)  # a view: the picture copies it once
-    return picture_from_array(data if data.dtype == np.float32 else data.astype(np.float32))
+    data = np.frombuffer(payload, "<f4").reshape(shape)  # a view of the received bytes
+    if data.dtype != np.float32:  # a big-endian machine
+        return picture_from_array(data.astype(np.float32), owned=True)
+    return picture_from_array(data, owned=True)
 
 
 def _deliver_array(picture: Picture) -> dict:
     data = np.ascontiguousarray(picture_to_array(picture), dtype="<f4")
     return {"shape": list(data.shape), "dtype": "<f4", "bytes": data.nbytes,
-            "_payload": data.tobytes()}
+            "_payload": memoryview(data).cast("B")}
 
 
 def _deliver_png(picture: Picture) -> dict:

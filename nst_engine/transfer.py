@@ -78,8 +78,17 @@ class Result:
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-    return tensor.contiguous().to(device)
+    """``1×3×H×W`` on ``device``; one copy, also of a view into an RGBA layer."""
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous().to(device)
+
+
+def photo_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The full-size photo the scales are resized from. On the CPU a view of the layer
+    as received (no 300 MB copy of a 24-megapixel layer before the first step; what
+    is resized or run through the network from it is the same to the bit), on a GPU
+    a copy there."""
+    view = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    return view if device.type == "cpu" else view.contiguous().to(device)
 
 
 def to_array(image: torch.Tensor) -> np.ndarray:
@@ -318,7 +327,7 @@ class _Run:
         engine, device = self.engine, self.engine.device
         width, height = content.size
         budget = engine.work_budget(width * height)
-        full = to_tensor(content.rgb, device)
+        full = photo_tensor(content.rgb, device)
         style_images = [to_tensor(style.rgb, device) for style in styles]
         keys = [hashlib.sha1(style.rgb.tobytes()).hexdigest() for style in styles] \
             if engine.warm is not None else []

@@ -125,6 +125,27 @@ def test_protocol_arrays_keep_alpha_bits():
         picture_from_array(np.full((18, 20, 3), np.nan, np.float32))
 
 
+def test_a_received_layer_becomes_the_picture_without_a_copy():
+    rng = np.random.default_rng(4)
+    data = rng.uniform(-0.5, 1.5, (18, 20, 4)).astype(np.float32)
+    data[0, 0, :3] = 3e38  # finite, but a float32 sum of them overflows
+    alpha = data[..., 3].copy()
+    expected = picture_from_array(data.copy())  # the copying path
+    picture = picture_from_array(data, owned=True)
+    assert np.shares_memory(picture.rgb, data) and np.shares_memory(picture.alpha, data)
+    assert np.array_equal(picture.rgb, expected.rgb)  # clipped in place, as copied
+    assert picture.rgb.min() == 0 and picture.rgb.max() == 1
+    assert np.array_equal(picture.alpha, alpha) and picture.bits == 32
+    assert np.array_equal(picture_to_array(picture), picture_to_array(expected))
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = rng.random((18, 20, 3), dtype=np.float32)
+        broken[5, 7, 1] = bad
+        with pytest.raises(EngineError, match="NaN or infinite"):
+            picture_from_array(broken, owned=True)
+    gray = rng.random((18, 20, 2), dtype=np.float32)
+    assert not np.shares_memory(picture_from_array(gray, owned=True).rgb, gray)
+
+
 def test_keep_colors_is_exact_in_chroma():
     rng = np.random.default_rng(3)
     content = rng.uniform(0.3, 0.7, (8, 8, 3)).astype(np.float32)

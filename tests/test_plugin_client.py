@@ -104,6 +104,18 @@ def test_run_engine_turns_engine_errors_into_messages(tmp_path):
     assert "style image and the options" in nst_client.user_message(info.value)
 
 
+def test_an_engine_started_for_a_request_never_sent_is_ended(painting):
+    """The plug-in starts the engine while GIMP reads the layer; when the read fails,
+    the engine goes, its folder goes, and the warm service serves the next run."""
+    run = nst_client.EngineRun(LOCAL)
+    run.abandon()
+    assert run.process.poll() is not None and not os.path.exists(run.folder)
+    _, raw, shape = layer()
+    result = nst_client.run_engine(LOCAL, settings(iterations=2, **{"max-size": 48}), raw,
+                                   shape, str(painting))
+    assert result["steps"] == 2
+
+
 def test_engine_crash_without_event(tmp_path):
     crash = [sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(9)"]
     _, raw, shape = layer()

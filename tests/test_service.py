@@ -1,6 +1,7 @@
 """The warm engine service: on demand, warm, queued, idle exit, crashes, and only for its
 user — driven through the plug-in's own client (nst_client) and ``nst_engine connect``."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -129,9 +130,8 @@ def test_another_user_cannot_use_the_socket(painting, monkeypatch):
              "s = socket.socket(socket.AF_UNIX)\n"
              "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n"
              "    print('refused', type(e).__name__); sys.exit(0)\n"
-             "s.sendall(b'{}\\n')\n"
-             "try:\n    print('answer', repr(s.recv(100)))\n"
-             "except ConnectionResetError:\n    print('answer closed')\n")
+             "try:\n    s.sendall(b'{}\\n')\n    print('answer', repr(s.recv(100)))\n"
+             "except (BrokenPipeError, ConnectionResetError):\n    print('answer closed')\n")
     nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
               "-c", probe, str(path)]
     done = subprocess.run(nobody, capture_output=True, text=True, timeout=30)
@@ -227,3 +227,20 @@ def test_stylize_uses_a_running_service_unless_told_not_to(photo, painting, tmp_
     assert through_service == pid and alone != pid
     assert a == b  # the same picture either way
     os.kill(pid, signal.SIGTERM)
+
+
+def test_the_relay_gives_its_pipes_the_largest_buffer(tmp_path):
+    from nst_engine.service import widen_pipe
+
+    limit = Path("/proc/sys/fs/pipe-max-size")
+    if not limit.exists():
+        pytest.skip("pipe sizes are Linux's")
+    read_end, write_end = os.pipe()
+    try:
+        widen_pipe(write_end)
+        assert fcntl.fcntl(read_end, 1032) == int(limit.read_text())  # F_GETPIPE_SZ
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with open(tmp_path / "file", "wb") as handle:  # not a pipe: left alone, quietly
+        widen_pipe(handle.fileno())

@@ -284,3 +284,22 @@ def test_threads_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
     assert devices.usable_cpus() == 3
     (tmp_path / "cpu.max").write_text("200000 100000\n")
     assert devices.usable_cpus() == 2
+
+
+def test_a_photo_received_as_rgba_gives_the_same_result_to_the_bit(photo, painting):
+    """The service keeps the layer as received and works from views of it
+    (``picture_from_array(owned=True)``, ``transfer.photo_tensor``): every scale, the
+    enlargement and the refinement at full size are the same as from a copy."""
+    from nst_engine.images import picture_from_array
+
+    content, style = load_picture(photo), [load_picture(painting)]
+    height, width = content.rgb.shape[:2]
+    rgba = np.concatenate([content.rgb, np.ones((height, width, 1), np.float32)], axis=2)
+    received = picture_from_array(rgba, owned=True)
+    assert np.shares_memory(received.rgb, rgba)
+
+    def run(picture):
+        settings = small(max_size=48, iterations=4, detail="full", detail_steps=2)
+        return StyleTransfer(settings).stylize(picture, style).picture.rgb
+
+    assert np.array_equal(run(received), run(content))

@@ -83,13 +83,16 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
     fmt, channels = pixel_format(drawable)
     Gimp.progress_init("Neural style transfer: reading the layer")
     try:
-        rect = Gegl.Rectangle.new(x, y, width, height)
-        pixels = bytes(drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
         speed = nst_client.SpeedLog()
+        # Started first: the engine (or its connection to the warm one) gets ready
+        # while GIMP reads the layer, and the fork is of a process without it.
+        run = nst_client.EngineRun(command, None, where)
         try:
-            run = nst_client.EngineRun(command, None, where)
-        except OSError as exc:
-            raise Failure(f"Could not start the engine: {exc}") from None
+            rect = Gegl.Rectangle.new(x, y, width, height)
+            pixels = bytes(drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
+        except BaseException:
+            run.abandon()
+            raise
         run.send_request(settings, pixels, (height, width, channels), style_path,
                          PREVIEW_INTERVAL_S if interactive else 0.0)
         del pixels

@@ -228,7 +228,8 @@ class EngineRun:
         name = os.path.basename(style_path)
         try:
             with self._writing:
-                self.process.stdin.write(_line(run) + content)
+                self.process.stdin.write(_line(run))
+                self.process.stdin.write(content)  # not joined: no copy of the layer
                 self.process.stdin.write(_line({"type": "style", "name": name,
                                                 "bytes": len(style)}) + style)
                 self.process.stdin.flush()
@@ -320,6 +321,14 @@ class EngineRun:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def abandon(self) -> None:
+        """Ends a run whose request was never sent: the engine stopped, its folder gone."""
+        self.stop()
+        try:
+            self.outcome()
+        except ClientError:
+            pass
 
     def outcome(self) -> dict:
         """Waits for the process and returns the ``result`` event (its ``payload`` the
