@@ -1,6 +1,7 @@
 """Request to first step, and whole run, for the three ways the plug-in reaches the engine.
 
     sudo python benchmarks/transports.py [--sizes 1 24] [--iterations 3] [--repeats 3]
+                                         [--transports one-shot warm ssh]
 
 * one-shot: ``nst_engine stream`` started for the request (what a run costs with no
   service: importing torch, loading the network, the style targets);
@@ -9,8 +10,9 @@
   a warm service behind it: what a GPU machine over SSH adds, minus the network.
 Layers of 1 and 24 megapixels (RGBA float32, as GIMP sends them), the default
 automatic working size and a few iterations, so the figures are the fixed costs and
-the transfer. Prints JSON lines: seconds to the first ``progress`` event and to the
-result, bytes sent and received.
+the transfer. Prints JSON lines: seconds from sending the request (the engine was
+started before, as the plug-in starts it while GIMP reads the layer) to the first
+``progress`` event and to the result, bytes sent and received.
 """
 
 from __future__ import annotations
