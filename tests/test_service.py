@@ -244,3 +244,25 @@ def test_the_relay_gives_its_pipes_the_largest_buffer(tmp_path):
         os.close(write_end)
     with open(tmp_path / "file", "wb") as handle:  # not a pipe: left alone, quietly
         widen_pipe(handle.fileno())
+
+
+def test_large_layers_and_styles_arrive_whole_and_paint_as_one_shot(tmp_path):
+    """Payloads over a megabyte take the received-in-place path (``Channel._take_large``,
+    ``picture_from_array(owned=True)``) and the result goes back as a view: the same
+    picture, to the bit, as the one-shot engine's, alpha untouched."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    style = tmp_path / "noise-painting.png"  # incompressible: ~1.5 MB
+    Image.fromarray(rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(style)
+    assert style.stat().st_size > 1 << 20
+    layer = rng.uniform(-0.2, 1.2, (300, 400, 4)).astype(np.float32)  # 1.9 MB, clipped
+    settings = {**SETTINGS, "iterations": 2, "max_size": 48}
+    results = [nst_client.run_engine(command, settings, layer.tobytes(), layer.shape,
+                                     str(style))
+               for command in (CONNECT, [sys.executable, "-m", "nst_engine", "stream"])]
+    warm, one_shot = (np.frombuffer(r["payload"], np.float32).reshape(layer.shape)
+                      for r in results)
+    assert np.array_equal(warm, one_shot)
+    assert np.array_equal(warm[..., 3], layer[..., 3])
+    assert 0 <= warm[..., :3].min() and warm[..., :3].max() <= 1
