@@ -78,8 +78,8 @@ class Result:
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``1×3×H×W`` on ``device``; one copy, also of a view into an RGBA layer."""
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous().to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    return tensor.contiguous().to(device)
 
 
 def photo_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -87,6 +87,8 @@ def photo_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     as received (no 300 MB copy of a 24-megapixel layer before the first step; what
     is resized or run through the network from it is the same to the bit), on a GPU
     a copy there."""
+    if any(step < 0 for step in rgb.strides):  # a mirrored view, which torch cannot take
+        rgb = np.ascontiguousarray(rgb)
     view = torch.from_numpy(rgb).permute(2, 0, 1)[None]
     return view if device.type == "cpu" else view.contiguous().to(device)
 

@@ -303,3 +303,12 @@ def test_a_photo_received_as_rgba_gives_the_same_result_to_the_bit(photo, painti
         return StyleTransfer(settings).stylize(picture, style).picture.rgb
 
     assert np.array_equal(run(received), run(content))
+
+
+def test_a_mirrored_photo_is_taken_too():
+    """A library caller's flipped view (negative strides, which torch refuses)."""
+    from nst_engine.transfer import photo_tensor
+
+    rgb = np.random.default_rng(6).random((10, 12, 3), dtype=np.float32)
+    tensor = photo_tensor(np.fliplr(rgb), torch.device("cpu"))
+    assert torch.equal(tensor[0].permute(1, 2, 0), torch.from_numpy(rgb[:, ::-1].copy()))
