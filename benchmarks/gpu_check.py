@@ -1,9 +1,13 @@
-"""GPU check: NaN-free, bf16 autocast vs fp32, the speed of 500 steps at 1024 px, and
-a 24 MP run with the refinement at full size (target: the refinement within 60 s).
+"""GPU check: NaN-free, bf16 autocast vs fp32, the speed of 500 steps at 1024 px, a
+24 MP run with the refinement at full size (target: the refinement within 60 s), and
+the engine as the plug-in reaches it on this device: a one-shot engine, then the warm
+service three times, request → first step, and the GPU memory the service holds
+between runs (its cache given back).
 
     bash benchmarks/gpu_check.sh            # on an NVIDIA GPU (target: < 5 minutes on an H200)
     bash benchmarks/gpu_check.sh --device cpu --size 64 --steps 4 --compare-steps 3 \
-        --detail-size 300 --detail-iterations 4 --detail-max-size 128   # dry run
+        --detail-size 300 --detail-iterations 4 --detail-max-size 128 \
+        --service-megapixels 0.05 --service-iterations 3   # dry run
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +33,7 @@ from nst_engine.transfer import resize, to_array, to_tensor
 from nst_engine.vgg import LAYER_NAMES
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's figure for the H200 SXM, dense
+PLUGIN = Path(__file__).resolve().parent.parent / "gimp_plugin" / "neural-style-transfer"
 
 
 def synthetic(width: int, height: int, seed: int) -> torch.Tensor:
@@ -106,6 +118,73 @@ def refinement(args, style: torch.Tensor) -> dict:
     return report
 
 
+def service(args, style: torch.Tensor) -> dict:
+    """A ``service_megapixels`` RGBA layer as GIMP sends it, through ``nst_engine stream``
+    (one-shot) and then three times through ``nst_engine connect`` (the first starts the
+    warm service), in a runtime folder of its own; the service is stopped at the end."""
+    from PIL import Image
+
+    sys.path.insert(0, str(PLUGIN))
+    import nst_client
+
+    folder = Path(tempfile.mkdtemp(prefix="nst-gpu-check-"))
+    (folder / "run").mkdir(mode=0o700)
+    os.environ.update(XDG_RUNTIME_DIR=str(folder / "run"), NST_SERVICE_IDLE_S="120")
+    painting = folder / "painting.png"
+    Image.fromarray((to_array(style) * 255).round().astype(np.uint8)).save(painting)
+    side = int((args.service_megapixels * 1e6 / 1.5) ** 0.5)
+    layer = np.random.default_rng(4).random((side, side * 3 // 2, 4), dtype=np.float32)
+    raw = layer.tobytes()
+    settings = {"iterations": args.service_iterations, "max_size": 0, "detail": "working",
+                "device": args.device, "seed": 0}
+    runs, pid = [], None
+    for name in ("one-shot", "warm (starts the service)", "warm", "warm"):
+        command = "stream" if name == "one-shot" else "connect"
+        marks, started = {}, {}
+
+        def on_event(event, marks=marks, started=started):
+            marks.setdefault(event["event"], time.monotonic())
+            if event["event"] == "started":
+                started.update(event)
+
+        run = nst_client.EngineRun([sys.executable, "-m", "nst_engine", command], on_event)
+        begin = time.monotonic()
+        run.send_request(settings, raw, layer.shape, str(painting), 2.0)
+        run.read_to_end()
+        if command == "connect":
+            pid = started["engine_pid"]
+        runs.append({"engine": name, "device": started.get("device"),
+                     "loaded_network": started.get("loaded_network"),
+                     "first_step_s": round(marks["progress"] - begin, 3),
+                     "total_s": round(marks["result"] - begin, 3),
+                     "service_gpu_memory_after_mb": _gpu_memory_mb(pid) if pid else None})
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):  # its socket goes with it
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+    shutil.rmtree(folder, ignore_errors=True)
+    warm = runs[2:]
+    return {"layer": list(layer.shape), "iterations": args.service_iterations, "runs": runs,
+            "warm_first_step_within_0_5_s": all(r["first_step_s"] <= 0.5 for r in warm)}
+
+
+def _gpu_memory_mb(pid: int) -> float | None:
+    """What nvidia-smi says the process holds on the GPU (None where it cannot say)."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                               "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in done.stdout.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid):
+            return float(fields[1])
+    return 0.0 if done.returncode == 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
@@ -116,6 +195,8 @@ def main() -> None:
     parser.add_argument("--detail-size", type=int, default=6000, help="0: skip")
     parser.add_argument("--detail-iterations", type=int, default=200)
     parser.add_argument("--detail-max-size", type=int, default=0, help="0: automatic")
+    parser.add_argument("--service-megapixels", type=float, default=24.0, help="0: skip")
+    parser.add_argument("--service-iterations", type=int, default=20)
     args = parser.parse_args()
     engine = StyleTransfer(Settings(device=args.device, converge=False))
     device = engine.device
@@ -147,8 +228,14 @@ def main() -> None:
     }
     if device.type == "cuda":
         report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    if args.detail_size:
-        report["detail"] = refinement(args, style)
+    # A failing part is reported, not fatal: a GPU session is too rare to lose the rest.
+    for name, wanted, part in (("detail", args.detail_size, refinement),
+                               ("service", args.service_megapixels, service)):
+        if wanted:
+            try:
+                report[name] = part(args, style)
+            except Exception as exc:
+                report[name] = {"error": f"{type(exc).__name__}: {exc}"}
     report["no_nan"] = finite and all(r[3] for r in results.values())
     report["bf16_within_2_percent"] = report["compare"]["relative_difference"] <= 0.02
     report["bf16_ran"] = fp32 != bf16  # the same objective would mean the bf16 pass never ran
