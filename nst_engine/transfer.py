@@ -24,7 +24,7 @@ import torch
 from . import devices, enlarging, planning, weights
 from .enlarging import resize
 from .errors import EngineError, bad_input, cancelled
-from .images import Picture, keep_colors, load_picture, luminance
+from .images import Picture, as_tensor, keep_colors, load_picture, luminance
 from .losses import Objective, blended_grams
 from .planning import Scale, Tile
 from .settings import MIN_WORK_SIDE, Settings
@@ -87,14 +87,13 @@ def photo_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     as received (no 300 MB copy of a 24-megapixel layer before the first step; what
     is resized or run through the network from it is the same to the bit), on a GPU
     a copy there."""
-    if any(step < 0 for step in rgb.strides):  # a mirrored view, which torch cannot take
-        rgb = np.ascontiguousarray(rgb)
-    view = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    view = as_tensor(rgb).permute(2, 0, 1)[None]
     return view if device.type == "cpu" else view.contiguous().to(device)
 
 
 def to_array(image: torch.Tensor) -> np.ndarray:
-    return image[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    """``H×W×3`` float32 in [0, 1], contiguous (made so by torch: several threads)."""
+    return image[0].detach().float().clamp(0, 1).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 class Warm:
