@@ -152,6 +152,20 @@ def test_malformed_engine_output_is_a_clear_message(tmp_path, monkeypatch, outpu
     assert "stopped unexpectedly" in info.value.message
 
 
+def test_a_payload_too_large_to_hold_ends_the_run_with_a_message(tmp_path, monkeypatch):
+    """The plug-in makes room for a payload before it arrives: an absurd size is a
+    clear message, and the engine (still running here) is stopped."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    line = json.dumps({"event": "result", "shape": [1, 1, 3], "dtype": "<f4",
+                       "bytes": 1 << 62}) + "\n"
+    command = fake_engine(f"import time; sys.stdout.write({line!r}); sys.stdout.flush(); "
+                          "time.sleep(60)")
+    _, raw, shape = layer()
+    with pytest.raises(nst_client.ClientError, match="more than fits in memory") as info:
+        nst_client.run_engine(command, settings(), raw, shape, __file__)
+    assert info.value.kind == "internal"
+
+
 def test_internal_error_keeps_the_engine_log_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     script = ("import sys; sys.stderr.write('Traceback: deep trouble\\n' * 5000); "
