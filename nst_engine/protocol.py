@@ -240,7 +240,7 @@ def _load_content(path: Path) -> Picture:
     except MemoryError:
         raise bad_input(f"content array {path.name} claims a size that does not fit in "
                         "memory") from None
-    return picture_from_array(data)
+    return picture_from_array(data, owned=True)  # np.load made it: ours to clip in place
 
 
 def _write_array(picture: Picture, output: Path) -> None:
