@@ -171,7 +171,9 @@ def service(args, style: torch.Tensor) -> dict:
 
 
 def _gpu_memory_mb(pid: int) -> float | None:
-    """What nvidia-smi says the process holds on the GPU (None where it cannot say)."""
+    """What nvidia-smi says the process holds on the GPU; None where it cannot say (a
+    CUDA process is always listed, with its context: not listed means another PID
+    namespace or no nvidia-smi)."""
     try:
         done = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
                                "--format=csv,noheader,nounits"],
@@ -182,7 +184,7 @@ def _gpu_memory_mb(pid: int) -> float | None:
         fields = [field.strip() for field in line.split(",")]
         if len(fields) == 2 and fields[0] == str(pid):
             return float(fields[1])
-    return 0.0 if done.returncode == 0 else None
+    return None
 
 
 def main() -> None:
