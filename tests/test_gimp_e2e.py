@@ -26,7 +26,8 @@ from sshd import SSHServer, SSHUnavailable
 pytestmark = pytest.mark.gimp
 
 SCENARIOS = ["registration", "basic", "deep", "float", "gray", "selection", "missing_style",
-             "bad_style", "group", "two_layers", "killed", "kept_early", "refined"]
+             "bad_style", "group", "two_layers", "killed", "kept_early", "refined",
+             "linear_wide_gamut"]
 SCENARIO_FUNCS = {"float": "deep_float_levels", "group": "in_group"}
 
 
@@ -280,6 +281,17 @@ def test_float_image_keeps_more_than_256_levels(results):
     run = get(results, "float")
     assert run["status"] == "success", run["message"]
     assert run["levels"] > 256
+
+
+def test_linear_light_wide_gamut_layer_keeps_its_colours(results):
+    """32-bit linear light in Adobe RGB, Preserve colours: the result differs from the
+    photo by a luma shift only, read the way the plug-in reads it (a linear/perceptual
+    or colour-space mix-up showed a spread of 0.26 here)."""
+    run = get(results, "linear_wide_gamut")
+    assert run["status"] == "success", run["message"]
+    assert run["precision"] == "float-linear" and run["alpha_equal"]
+    assert run["checked"] > run["pixels"] // 4 and run["moved"] > 0.01
+    assert run["spread"] < 1e-4
 
 
 def test_grayscale_layer(results):

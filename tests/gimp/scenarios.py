@@ -219,6 +219,38 @@ def deep_float_levels():
     image.delete()
 
 
+WIDE_GAMUT = "/usr/share/color/icc/ghostscript/a98.icc"  # Adobe RGB (1998), from ghostscript
+
+
+def linear_wide_gamut():
+    """A 32-bit linear-light layer in Adobe RGB, with Preserve colours: the plug-in
+    reads and writes the same encoding, so the result differs from the photo, read
+    the same way, by a shift of luma only (equal in R', G' and B') wherever neither is
+    clipped — a mix-up of linear and perceptual values, or of colour spaces, breaks it."""
+    image, layer = make_image(precision=Gimp.Precision.FLOAT_LINEAR, alpha_varies=True)
+    if os.path.exists(WIDE_GAMUT):  # in the Debian roots; a GIMP on the PATH may lack it
+        image.set_color_profile(
+            Gimp.ColorProfile.new_from_file(Gio.File.new_for_path(WIDE_GAMUT)))
+    before = pixels(layer)
+    status, message = run(image, [layer], **{"preserve-colors": True})
+    new = image.get_layers()[0]
+    after = pixels(new)
+    spread, checked = 0.0, 0
+    for i in range(0, len(before), 4):
+        old, now = before[i:i + 3], after[i:i + 3]
+        if all(0.02 < v < 0.98 for v in (*old, *now)):
+            shifts = [n - o for n, o in zip(now, old)]
+            spread = max(spread, max(shifts) - min(shifts))
+            checked += 1
+    report("linear_wide_gamut", status=status, message=message, checked=checked,
+           pixels=len(before) // 4, spread=spread,
+           moved=sum(abs(a - b) for a, b in zip(after, before)) / len(before),
+           alpha_equal=list(after[3::4]) == list(before[3::4]),
+           precision=image.get_precision().value_nick,
+           profile=image.get_effective_color_profile().get_label())
+    image.delete()
+
+
 def gray():
     image, layer = make_image(base=Gimp.ImageBaseType.GRAY, alpha=False)
     status, message = run(image, [layer])
