@@ -145,9 +145,8 @@ def _array(header, payload: bytes) -> Picture:
         raise bad_input("content shape must be [height, width, channels]")
     if len(payload) != 4 * shape[0] * shape[1] * shape[2]:
         raise bad_input("the content's bytes do not match its shape")
-    data = np.frombuffer(payload, "<f4").reshape(shape)  # a view of the received bytes
-    if data.dtype != np.float32:  # a big-endian machine
-        return picture_from_array(data.astype(np.float32), owned=True)
+    # A view of the received bytes (a copy only on a big-endian machine).
+    data = np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32, copy=False)
     return picture_from_array(data, owned=True)
 
 
