@@ -171,6 +171,11 @@ mps = getattr(torch.backends, "mps", None)
 if mps and mps.is_available():
     devices.insert(0, "mps")
 print(f"  ok       devices: {', '.join(devices)}")
+from nst_engine import devices as engine_devices  # the first time: a 1 s speed probe
+for name in ("cuda", "cpu") if torch.cuda.is_available() else ("cpu",):
+    chosen = engine_devices.precision(engine_devices.pick(name), "auto")
+    where = "GPU" if name == "cuda" else "processor"
+    print(f"  ok       {where} arithmetic: {chosen.name} ({chosen.reason})")
 PY
     "$engine_python" - "$(has_nvidia_gpu && echo yes || echo no)" <<'PY' || problems=$((problems+1))
 import sys

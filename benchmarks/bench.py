@@ -63,14 +63,16 @@ def evaluator(engine: StyleTransfer, content, style):
 
 def floor_and_evaluation(engine: StyleTransfer, content, style):
     """Two timeable calls at ``content``'s size: the floor (a bare forward + backward
-    of torchvision's VGG19 layers up to relu5_1, stock modules) and one objective
-    evaluation exactly as the engine's optimiser makes it."""
+    of torchvision's VGG19 layers up to relu5_1, stock modules, in the engine's
+    precision) and one objective evaluation exactly as the engine's optimiser makes it."""
     objective = objective_at(engine, content, style)
     net = reference.vgg(weights.load("original")[0])
     x = content.clone().requires_grad_(True)
 
     def floor() -> None:
-        net(reference.normalize(x)).sum().backward()
+        with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.autocast):
+            out = net(reference.normalize(x))
+        out.float().sum().backward()
 
     def evaluation() -> None:
         objective(x, engine.features)[0].backward()

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from nst_engine import Picture, Settings, StyleTransfer
+from nst_engine.layers import LAYER_NAMES
 from nst_engine.planning import Scale
 from nst_engine.transfer import resize, to_array, to_tensor
-from nst_engine.vgg import LAYER_NAMES
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's figure for the H200 SXM, dense
 PLUGIN = Path(__file__).resolve().parent.parent / "gimp_plugin" / "neural-style-transfer"
@@ -217,7 +217,7 @@ def main() -> None:
                          "fp32_objective": fp32, "bf16_objective": bf16,
                          "relative_difference": abs(bf16 - fp32) / fp32}
 
-    engine.autocast = device.type == "cuda"
+    engine.autocast = engine.precision.name == "bf16"
     big = synthetic(args.size, args.size * 3 // 4, 2).to(device)
     value, seconds, evaluations, finite = run(engine, big, style, args.steps)
     flops = 3 * vgg_flops(engine, big.shape[-1], big.shape[-2]) * evaluations

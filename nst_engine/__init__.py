@@ -9,7 +9,7 @@ from importlib import import_module
 __version__ = "0.2.0"
 _PUBLIC = {
     "EngineError": "errors", "Picture": "images", "load_picture": "images",
-    "save_picture": "images", "Settings": "settings", "Control": "transfer",
+    "save_picture": "images", "Settings": "settings", "Control": "control",
     "Iterate": "transfer", "Result": "transfer", "StyleTransfer": "transfer",
 }
 __all__ = sorted(_PUBLIC)

@@ -1,4 +1,9 @@
-"""``python -m nst_engine`` / ``nst-engine``: stylize, weights, run-request."""
+"""``python -m nst_engine`` / ``nst-engine``: stylize, weights, run-request.
+
+torch is imported only by the commands that paint in this process: ``--help``,
+usage errors, ``weights status`` and a ``stylize`` that a running warm engine
+serves start in a fraction of a second (``import torch`` alone takes seconds).
+"""
 
 from __future__ import annotations
 
@@ -11,20 +16,10 @@ import warnings
 from pathlib import Path
 
 from . import __version__, files, service, stopping, weights
+from .control import Control
 from .errors import EXIT_CODES, EngineError, cancelled
-from .images import check_output_path, load_picture, save_picture
-from .protocol import (
-    Emitter,
-    Job,
-    error_event,
-    file_deliverer,
-    job_from_request,
-    run_job,
-    watch_stdin,
-)
 from .settings import DEFAULTS, KNOBS, Settings
-from .stream import Channel, request_over, serve_one
-from .transfer import Control
+from .wire import Emitter, error_event
 
 PROG = "nst-engine"
 GROUPS = {"look": "the look", "quality": "quality and speed",
@@ -144,6 +139,8 @@ class _Bar:
 
 
 def _stylize(args, control: Control, emit: Emitter) -> int:
+    from .images import check_output_path, load_picture, save_picture  # no torch
+
     values = {key: getattr(args, key) for key in KNOBS if getattr(args, key) is not None}
     settings = Settings.from_dict(values)
     output = check_output_path(args.output)
@@ -151,10 +148,14 @@ def _stylize(args, control: Control, emit: Emitter) -> int:
     styles = [load_picture(path, "style image") for path in args.styles]
     show = {"bar": _Bar(), "json": emit, "none": lambda event: None}[args.progress]
     sock = None if args.no_service else service.running()
-    if sock is None:
+    if sock is None:  # this process paints: torch from here on
+        from .protocol import Job, file_deliverer, run_job
+
         run_job(Job(content, styles, settings, file_deliverer(output, save_picture)), show,
                 control)
     else:  # a warm engine is running: no network to load, style targets maybe cached
+        from .client import request_over
+
         with sock:
             result, picture = request_over(sock, values, content, args.styles, show, control)
         save_picture(picture, output)
@@ -230,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "connect":
             return service.connect(args.idle_timeout)
         die_with_parent()
+        from .protocol import job_from_request, run_job, watch_stdin
+        from .stream import serve_one
+        from .wire import Channel
+
         if args.command == "stream":
             fd = sys.stdin.fileno()
             serve_one(Channel(functools.partial(os.read, fd),

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EngineError, bad_input
+from .control import Control
+from .errors import bad_input
 from .files import atomic_path
 from .images import Picture, load_picture, picture_from_array, picture_to_array, save_picture
 from .settings import Settings
-from .transfer import Control, Iterate, StyleTransfer, Warm, to_array
+from .transfer import Iterate, StyleTransfer, Warm, to_array
 
 PROTOCOL_VERSIONS = (1, 2)  # 2 adds stdin commands, timed previews, result.steps
 
@@ -64,7 +65,8 @@ def run_job(job: Job, emit: Emit, control: Control, warm: Warm | None = None) ->
     width, height = job.content.size
     scales = engine.plan(width, height)
     emit({
-        "event": "started", "device": engine.device.type, "weights": engine.family,
+        "event": "started", "device": engine.device.type,
+        "precision": engine.precision.name, "weights": engine.family,
         "width": width, "height": height, "total": sum(s.ticks for s in scales),
         "max_size": engine.max_size,
         "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
@@ -122,54 +124,6 @@ def progress_event(it: Iterate) -> dict:
         "tile": it.tile, "tiles": it.tiles, "pixels": it.pixels,
         **{f"{name}_loss": value for name, value in it.losses.items()},
     }
-
-
-def error_event(error: EngineError) -> dict:
-    return {"event": "error", "kind": error.kind, "message": error.message}
-
-
-class Emitter:
-    """Writes events as JSON lines, from any thread, and nothing after the last one
-    (``result`` or ``error``). A reader that went away (a closed pipe) is a quiet
-    cancellation: ``on_gone`` is called and nothing more is written."""
-
-    def __init__(self, stream=None, on_gone: Callable[[], None] | None = None) -> None:
-        self.stream = stream or sys.stdout.buffer  # binary: payloads follow lines raw
-        self.on_gone = on_gone
-        self.closed = False
-        self.lock = threading.Lock()
-
-    def __call__(self, event: dict) -> None:
-        """Writes the event; a ``_payload`` (bytes-like) follows its line raw, and the
-        line says how long it is (``bytes``): the stream's framing, ``stream.py``."""
-        with self.lock:
-            if self.closed:
-                return
-            self.closed = event["event"] in ("result", "error")
-            payload = event.pop("_payload", b"")
-            try:
-                line = json.dumps(event, separators=(",", ":")) + "\n"
-                self.stream.write(line.encode())
-                if len(payload):  # written as it is: no copy of a 384 MB result
-                    self.stream.write(payload)
-                self.stream.flush()
-            except (BrokenPipeError, ConnectionError, ValueError):
-                self.closed = True
-                if self.stream is sys.stdout.buffer:
-                    _silence(self.stream)
-                if self.on_gone:
-                    self.on_gone()
-
-
-def _silence(stream) -> None:
-    """Points the stream's file descriptor at /dev/null, so that nothing (not even the
-    interpreter's final flush) fails on a pipe nobody reads."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def watch_stdin(control: Control, on_eof: Callable[[], None]) -> None:

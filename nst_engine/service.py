@@ -140,10 +140,10 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
 
 def _handle(conn: socket.socket, warm, folder: Path) -> None:
     """Runs one connection's request, answering on it; never raises for the request."""
+    from .control import Control
     from .errors import EngineError
-    from .protocol import Emitter, error_event
-    from .stream import Channel, serve_one
-    from .transfer import Control
+    from .stream import serve_one
+    from .wire import Channel, Emitter, error_event
 
     control = Control()
     with conn, conn.makefile("wb") as wfile:

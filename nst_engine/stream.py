@@ -1,7 +1,7 @@
-"""Protocol 3: one run over a byte stream — stdio, the service's Unix socket, or SSH.
+"""Protocol 3, the engine's side: one run over a byte stream — stdio, the service's Unix
+socket, or SSH.
 
-Framing (``docs/protocol.md``): every message is one JSON object on one line; when
-it has a ``bytes`` field, exactly that many raw bytes follow the line. The client
+Framed as ``wire.py`` says (``docs/protocol.md``). The client
 sends a ``run`` message with the layer as float32 (``content``), one ``style``
 message per style image (the file's bytes), then at any time ``finish`` or
 ``cancel``; closing its side cancels. The engine answers with the events of
@@ -10,90 +10,23 @@ message per style image (the file's bytes), then at any time ``finish`` or
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import EngineError, bad_input
+from .control import Control
+from .errors import bad_input
 from .images import Picture, load_picture, picture_from_array, picture_to_array
-from .protocol import Emitter, Job, run_job
+from .protocol import Job, run_job
 from .settings import Settings
-from .transfer import Control, Warm
+from .transfer import Warm
+from .wire import PROTOCOL, Channel, Emitter
 
-PROTOCOL = 3
 HEARTBEAT_MISSES = 3  # silent heartbeats before the run is taken as abandoned
-MAX_LINE = 1 << 20  # a message line; the pixels travel as payloads
 MAX_STYLE_BYTES = 512 << 20
-
-
-class Channel:
-    """Reads the client's messages through ``read_raw(n)`` (``os.read`` on a pipe,
-    ``socket.recv``): unbuffered reads, so that a thread waiting for the next command
-    never holds a lock the interpreter needs at exit. A large payload goes straight
-    into its own buffer through ``read_into(view)`` (``socket.recv_into``,
-    ``os.readv``) when given: no growing buffer, no second copy of a 384 MB layer."""
-
-    LARGE = 1 << 20
-
-    def __init__(self, read_raw: Callable[[int], bytes],
-                 read_into: Callable[[memoryview], int] | None = None) -> None:
-        self.read_raw = read_raw
-        self.read_into = read_into
-        self.buffer = bytearray()
-        self.heartbeat_s = 0.0  # the client's promise, from its run message
-
-    def _fill(self) -> None:
-        chunk = self.read_raw(1 << 20)
-        if not chunk:
-            raise EOFError
-        self.buffer += chunk
-
-    def _take(self, size: int) -> bytearray | np.ndarray:
-        if self.read_into is not None and size >= self.LARGE:
-            return self._take_large(size)
-        while len(self.buffer) < size:
-            self._fill()
-        data = self.buffer[:size]  # one copy, even of a 384 MB layer
-        del self.buffer[:size]
-        return data
-
-    def _take_large(self, size: int) -> np.ndarray:
-        data = np.empty(size, np.uint8)  # not zero-filled first, unlike a bytearray
-        view = memoryview(data)
-        have = min(size, len(self.buffer))
-        view[:have] = self.buffer[:have]
-        del self.buffer[:have]
-        while have < size:
-            count = self.read_into(view[have:])
-            if not count:
-                raise EOFError
-            have += count
-        return data
-
-    def read(self, key: str = "type") -> tuple[dict, bytes]:
-        """The next message (events, read by a client: ``key="event"``) and its
-        payload; EOFError when the other side has gone."""
-        while (end := self.buffer.find(b"\n")) < 0:
-            if len(self.buffer) > MAX_LINE:
-                raise bad_input("a message line is too long")
-            self._fill()
-        line = self._take(end + 1)
-        try:
-            message = json.loads(line)
-        except ValueError:
-            raise bad_input("a message is not JSON") from None
-        if not isinstance(message, dict) or not isinstance(message.get(key), str):
-            raise bad_input(f"a message must be a JSON object with a {key}")
-        size = message.get("bytes", 0)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise bad_input("bytes must be a non-negative integer")
-        return message, self._take(size) if size else b""
 
 
 def read_job(channel: Channel, folder: Path) -> Job:
@@ -195,50 +128,6 @@ def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0)
     threading.Thread(target=read, name="stream-commands", daemon=True).start()
     if heartbeat_s > 0:
         threading.Thread(target=watchdog, name="heartbeat", daemon=True).start()
-
-
-def request_over(sock, settings: dict, picture: Picture, styles: list[Path],
-                 on_event: Callable[[dict], None], control: Control) -> tuple[dict, Picture]:
-    """A client of the service (``nst-engine stylize``): sends the picture's colour as
-    float32 and the style files, passes the events on, and returns the ``result``
-    event and the stylised picture (alpha, bit depth and profile are the input's)."""
-    color = picture.rgb[..., :1] if picture.gray else picture.rgb
-    data = np.ascontiguousarray(color, dtype="<f4")
-    run = {"type": "run", "protocol": PROTOCOL, "settings": settings, "styles": len(styles),
-           "content": {"shape": list(data.shape), "dtype": "<f4"}, "bytes": data.nbytes}
-    sock.sendall(json.dumps(run).encode() + b"\n" + data.tobytes())
-    for path in styles:
-        body = Path(path).read_bytes()
-        sock.sendall(json.dumps({"type": "style", "name": Path(path).name,
-                                 "bytes": len(body)}).encode() + b"\n" + body)
-    stop = threading.Event()
-
-    def forward_cancel() -> None:  # Ctrl-C here cancels the run there
-        while not stop.wait(0.2):
-            if control.cancel.is_set():
-                sock.sendall(b'{"type":"cancel"}\n')
-                return
-
-    threading.Thread(target=forward_cancel, daemon=True).start()
-    channel = Channel(sock.recv, sock.recv_into)
-    try:
-        while True:
-            try:
-                event, payload = channel.read("event")
-            except EOFError:
-                raise EngineError("internal", "the engine service closed the connection "
-                                  "without a result") from None
-            if event["event"] == "error":
-                raise EngineError(event.get("kind", "internal"), event.get("message", ""))
-            if event["event"] == "result":
-                shape = event["shape"]
-                rgb = np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32)
-                if picture.gray:
-                    rgb = np.repeat(rgb, 3, axis=2)
-                return event, replace(picture, rgb=rgb)
-            on_event(event)
-    finally:
-        stop.set()
 
 
 def serve_one(channel: Channel, emit: Emitter, control: Control,

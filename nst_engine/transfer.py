@@ -2,8 +2,7 @@
 
 :meth:`StyleTransfer.stylize` walks the planned scales coarse to fine; a
 :class:`_Run` holds one run's state, and every step is reported as an
-:class:`Iterate`. :class:`Control` lets another thread stop the run: *cancel*
-drops everything, *finish* keeps the image as it is now.
+:class:`Iterate`; a :class:`~.control.Control` lets another thread stop it.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -22,30 +20,19 @@ import numpy as np
 import torch
 
 from . import devices, enlarging, planning, weights
+from .control import Control
 from .enlarging import resize
-from .errors import EngineError, bad_input, cancelled
+from .errors import EngineError, bad_input
 from .images import Picture, as_tensor, keep_colors, load_picture, luminance
+from .layers import stride
 from .losses import Objective, blended_grams
 from .planning import Scale, Tile
 from .settings import MIN_WORK_SIDE, Settings
-from .vgg import Tap, VGGFeatures, stride
+from .vgg import Tap, VGGFeatures
 
 CONVERGE_MIN_STEPS = 30  # top-scale steps before the convergence rule may stop a run ...
 CONVERGE_WINDOW = 10  # ... when the objective fell by less than CONVERGE_TOLERANCE
 CONVERGE_TOLERANCE = 0.0125  # ... (relative) over the last CONVERGE_WINDOW steps
-
-
-@dataclass
-class Control:
-    """Set from another thread: ``cancel`` ends with nothing, ``finish`` keeps the
-    image as it is after the current step."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    finish: threading.Event = field(default_factory=threading.Event)
-
-    def check(self) -> None:
-        if self.cancel.is_set():
-            raise cancelled()
 
 
 @dataclass
@@ -136,7 +123,10 @@ class StyleTransfer:
         self.settings = settings
         self.warm = warm
         self.device = devices.pick(settings.device)
-        self.autocast = self.device.type == "cuda"  # bf16 VGG pass; Grams and losses fp32
+        # The VGG pass in bf16 where it is faster (devices.precision); Grams, losses
+        # and the pixels L-BFGS moves stay fp32 (a departure from the paper's fp32).
+        self.precision = devices.precision(self.device, settings.precision)
+        self.autocast = self.precision.name == "bf16"
         layers = (settings.content_layer, *settings.style_layers)
         spec = settings.weights or os.environ.get("NST_WEIGHTS") or "original"
         self.network_key = (spec, layers, settings.pooling, str(self.device))
@@ -155,8 +145,8 @@ class StyleTransfer:
         return self.settings.max_size
 
     def features(self, image: torch.Tensor, tap: Tap | None = None) -> dict[str, torch.Tensor]:
-        """VGG activations (see ``VGGFeatures.forward``); under bf16 autocast on CUDA
-        (Grams and losses stay fp32)."""
+        """VGG activations (see ``VGGFeatures.forward``), under bf16 autocast when the
+        precision is bf16 (Grams and losses stay fp32)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.vgg(image, tap)
 
@@ -195,7 +185,8 @@ class StyleTransfer:
                 return self.grams(resize(style, *size), budget, control)
 
             if self.warm is not None and index < len(keys):
-                grams.append(self.warm.gram((keys[index], size, self.network_key), compute))
+                key = (keys[index], size, self.network_key, self.precision.name)
+                grams.append(self.warm.gram(key, compute))
             else:
                 grams.append(compute())
         return blended_grams(grams, s.style_blend or (1.0,) * len(styles))

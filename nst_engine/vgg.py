@@ -9,37 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from .layers import LAYER_NAMES
+
 Tap = Callable[[str, torch.Tensor], torch.Tensor]
-
-# Channels per block of VGG19's convolutional part.
-_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
-
-
-def _layer_names() -> list[str]:
-    names = []
-    for block, (_, convs) in enumerate(_BLOCKS, start=1):
-        for conv in range(1, convs + 1):
-            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
-        names.append(f"pool{block}")
-    return names
-
-
-LAYER_NAMES: list[str] = _layer_names()
-
-
-def stride(name: str) -> int:
-    """Input pixels per position of layer ``name``: 2 for every pooling up to it."""
-    return 2 ** sum(n.startswith("pool") for n in LAYER_NAMES[: LAYER_NAMES.index(name) + 1])
-
-# Expected parameter shapes, keyed like torchvision's ``vgg19().features`` state dict.
-FEATURE_SHAPES: dict[str, tuple[int, ...]] = {}
-_in = 3
-for _index, _name in enumerate(LAYER_NAMES):
-    if _name.startswith("conv"):
-        _out = _BLOCKS[int(_name[4]) - 1][0]
-        FEATURE_SHAPES[f"{_index}.weight"] = (_out, _in, 3, 3)
-        FEATURE_SHAPES[f"{_index}.bias"] = (_out,)
-        _in = _out
 
 # Input normalisation per weight family. "original" is Simonyan & Zisserman's
 # Caffe VGG19: BGR, 0-255, mean pixel subtracted. "torchvision" is ImageNet mean/std.

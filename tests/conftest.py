@@ -10,11 +10,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "gimp_plugin" / "neural-style-transfer")]
 
 
+@pytest.fixture(scope="session")
+def engine_cache(tmp_path_factory) -> Path:
+    """One cache folder for the whole session: the processor's bf16 probe runs once."""
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_engine(tmp_path, monkeypatch):
+def isolated_engine(tmp_path, monkeypatch, engine_cache):
     """Random weights, an empty data folder and a runtime folder of its own (so a warm
     engine service a test starts is that test's, and exits soon) unless a test asks
-    otherwise."""
+    otherwise; the session's cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(engine_cache))
     monkeypatch.setenv("NST_WEIGHTS", "random")
     monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "nst-data"))
     runtime = tmp_path.parent / f"{tmp_path.name}-run"  # beside: tests list tmp_path

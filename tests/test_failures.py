@@ -238,7 +238,7 @@ def test_read_only_output_folder_is_refused_before_working(painting, tmp_path):
 
 def test_weights_import_onto_a_full_disk(tmp_path):
     source = tmp_path / "vgg.pth"
-    from nst_engine.vgg import FEATURE_SHAPES
+    from nst_engine.layers import FEATURE_SHAPES
 
     torch.save({k: torch.zeros(s) for k, s in FEATURE_SHAPES.items()}, source)
     with tiny_disk(tmp_path, "1m") as disk:

@@ -2,9 +2,8 @@ import pytest
 import torch
 
 from nst_engine import weights
+from nst_engine.layers import FEATURE_SHAPES, LAYER_NAMES
 from nst_engine.vgg import (
-    FEATURE_SHAPES,
-    LAYER_NAMES,
     MaxPool,
     Normalize,
     VGGFeatures,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nst_engine import EngineError, weights
-from nst_engine.vgg import FEATURE_SHAPES, LAYER_NAMES
+from nst_engine.layers import FEATURE_SHAPES, LAYER_NAMES
 
 
 def fake_features(value=0.01):

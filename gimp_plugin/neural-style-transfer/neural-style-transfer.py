@@ -247,9 +247,10 @@ class RunWindow:
             self.waiting.set_text("Working out the style…")
             device = {"cpu": "processor", "cuda": "GPU", "mps": "GPU"}.get(
                 event.get("device"), "GPU")
+            arithmetic = " (fast bf16 arithmetic)" if event.get("precision") == "bf16" else ""
             self.status.set_text(
                 f"{event.get('width')}×{event.get('height')} px, worked out at up to "
-                f"{event.get('max_size')} px on the {device} of {self.where}")
+                f"{event.get('max_size')} px on the {device} of {self.where}{arithmetic}")
         elif kind == "queued":
             self.waiting.set_text("Waiting for the engine: another picture is being painted")
         elif kind == "progress":

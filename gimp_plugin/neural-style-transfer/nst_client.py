@@ -519,6 +519,7 @@ class SpeedLog:
     def __init__(self) -> None:
         self.launched = time.monotonic()
         self.device = None
+        self.precision = None
         self.planned: list = []
         self.planned_detail = False
         self.first_step_at = None
@@ -533,6 +534,7 @@ class SpeedLog:
         self.first_seen.setdefault(kind, round(time.monotonic() - self.launched, 3))
         if kind == "started":
             self.device = event.get("device")
+            self.precision = event.get("precision", "fp32")
             self.planned = event.get("scales", [])
             self.planned_detail = bool(event.get("detail"))
         elif kind == "progress":
@@ -574,7 +576,8 @@ class SpeedLog:
             top = self.planned[working - 1]
             fractions[str(max(top[0], top[1]))] = round(
                 self.marks[working][3] / max(1, top[2]), 3)
-        calibration = {"device": self.device, "startup_s": round(max(0.0, startup), 3),
+        calibration = {"device": self.device, "precision": self.precision,
+                       "startup_s": round(max(0.0, startup), 3),
                        "step_s": round(a, 6), "step_s_per_megapixel": round(b * 1e6, 6),
                        "top_fractions": fractions}
         if self.detail:
@@ -612,9 +615,10 @@ def load_calibration(path: str | os.PathLike) -> dict | None:
 def save_calibration(path: str | os.PathLike, new: dict) -> None:
     """Stores ``new`` (from :meth:`SpeedLog.calibration`), keeping what was measured
     before and not this time (shares of top-scale steps at other sizes, the
-    refinement's speed); quiet on failure."""
+    refinement's speed) when it was on the same device in the same precision
+    (bf16 halves the time of a step); quiet on failure."""
     old = load_calibration(path) or {}
-    if old.get("device") == new["device"]:
+    if (old.get("device"), old.get("precision")) == (new["device"], new.get("precision")):
         if isinstance(old.get("top_fractions"), dict):
             new["top_fractions"] = {**old["top_fractions"], **new.get("top_fractions", {})}
         if "detail_s_per_megapixel_step" in old:

@@ -1,0 +1,64 @@
+"""A client of the warm engine service: what ``nst-engine stylize`` does when one runs.
+
+No torch here: the command line sends the photo and the style files, shows the
+events and writes the result, and the service does the painting.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .control import Control
+from .errors import EngineError
+from .images import Picture
+from .wire import PROTOCOL, Channel
+
+
+def request_over(sock, settings: dict, picture: Picture, styles: list[Path],
+                 on_event: Callable[[dict], None], control: Control) -> tuple[dict, Picture]:
+    """A client of the service (``nst-engine stylize``): sends the picture's colour as
+    float32 and the style files, passes the events on, and returns the ``result``
+    event and the stylised picture (alpha, bit depth and profile are the input's)."""
+    color = picture.rgb[..., :1] if picture.gray else picture.rgb
+    data = np.ascontiguousarray(color, dtype="<f4")
+    run = {"type": "run", "protocol": PROTOCOL, "settings": settings, "styles": len(styles),
+           "content": {"shape": list(data.shape), "dtype": "<f4"}, "bytes": data.nbytes}
+    sock.sendall(json.dumps(run).encode() + b"\n" + data.tobytes())
+    for path in styles:
+        body = Path(path).read_bytes()
+        sock.sendall(json.dumps({"type": "style", "name": Path(path).name,
+                                 "bytes": len(body)}).encode() + b"\n" + body)
+    stop = threading.Event()
+
+    def forward_cancel() -> None:  # Ctrl-C here cancels the run there
+        while not stop.wait(0.2):
+            if control.cancel.is_set():
+                sock.sendall(b'{"type":"cancel"}\n')
+                return
+
+    threading.Thread(target=forward_cancel, daemon=True).start()
+    channel = Channel(sock.recv, sock.recv_into)
+    try:
+        while True:
+            try:
+                event, payload = channel.read("event")
+            except EOFError:
+                raise EngineError("internal", "the engine service closed the connection "
+                                  "without a result") from None
+            if event["event"] == "error":
+                raise EngineError(event.get("kind", "internal"), event.get("message", ""))
+            if event["event"] == "result":
+                shape = event["shape"]
+                rgb = np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32)
+                if picture.gray:
+                    rgb = np.repeat(rgb, 3, axis=2)
+                return event, replace(picture, rgb=rgb)
+            on_event(event)
+    finally:
+        stop.set()

@@ -1,0 +1,138 @@
+"""Protocol 3's framing, shared by the engine, the relay's clients and the command line.
+
+Every message is one JSON object on one line; when it has a ``bytes`` field,
+exactly that many raw bytes follow the line (``docs/protocol.md``). :class:`Emitter`
+writes events so, :class:`Channel` reads messages so. Standard library only at
+import: the command line reaches a warm engine through it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .errors import EngineError, bad_input
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PROTOCOL = 3
+MAX_LINE = 1 << 20  # a message line; the pixels travel as payloads
+
+
+class Channel:
+    """Reads the client's messages through ``read_raw(n)`` (``os.read`` on a pipe,
+    ``socket.recv``): unbuffered reads, so that a thread waiting for the next command
+    never holds a lock the interpreter needs at exit. A large payload goes straight
+    into its own buffer through ``read_into(view)`` (``socket.recv_into``,
+    ``os.readv``) when given: no growing buffer, no second copy of a 384 MB layer."""
+
+    LARGE = 1 << 20
+
+    def __init__(self, read_raw: Callable[[int], bytes],
+                 read_into: Callable[[memoryview], int] | None = None) -> None:
+        self.read_raw = read_raw
+        self.read_into = read_into
+        self.buffer = bytearray()
+        self.heartbeat_s = 0.0  # the client's promise, from its run message
+
+    def _fill(self) -> None:
+        chunk = self.read_raw(1 << 20)
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+
+    def _take(self, size: int) -> bytearray | np.ndarray:
+        if self.read_into is not None and size >= self.LARGE:
+            return self._take_large(size)
+        while len(self.buffer) < size:
+            self._fill()
+        data = self.buffer[:size]  # one copy, even of a 384 MB layer
+        del self.buffer[:size]
+        return data
+
+    def _take_large(self, size: int) -> np.ndarray:
+        import numpy as np  # only where a payload is large: the wire itself needs none
+
+        data = np.empty(size, np.uint8)  # not zero-filled first, unlike a bytearray
+        view = memoryview(data)
+        have = min(size, len(self.buffer))
+        view[:have] = self.buffer[:have]
+        del self.buffer[:have]
+        while have < size:
+            count = self.read_into(view[have:])
+            if not count:
+                raise EOFError
+            have += count
+        return data
+
+    def read(self, key: str = "type") -> tuple[dict, bytes]:
+        """The next message (events, read by a client: ``key="event"``) and its
+        payload; EOFError when the other side has gone."""
+        while (end := self.buffer.find(b"\n")) < 0:
+            if len(self.buffer) > MAX_LINE:
+                raise bad_input("a message line is too long")
+            self._fill()
+        line = self._take(end + 1)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise bad_input("a message is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get(key), str):
+            raise bad_input(f"a message must be a JSON object with a {key}")
+        size = message.get("bytes", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad_input("bytes must be a non-negative integer")
+        return message, self._take(size) if size else b""
+
+
+def error_event(error: EngineError) -> dict:
+    return {"event": "error", "kind": error.kind, "message": error.message}
+
+
+class Emitter:
+    """Writes events as JSON lines, from any thread, and nothing after the last one
+    (``result`` or ``error``). A reader that went away (a closed pipe) is a quiet
+    cancellation: ``on_gone`` is called and nothing more is written."""
+
+    def __init__(self, stream=None, on_gone: Callable[[], None] | None = None) -> None:
+        self.stream = stream or sys.stdout.buffer  # binary: payloads follow lines raw
+        self.on_gone = on_gone
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def __call__(self, event: dict) -> None:
+        """Writes the event; a ``_payload`` (bytes-like) follows its line raw, and the
+        line says how long it is (``bytes``): the stream's framing, ``stream.py``."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = event["event"] in ("result", "error")
+            payload = event.pop("_payload", b"")
+            try:
+                line = json.dumps(event, separators=(",", ":")) + "\n"
+                self.stream.write(line.encode())
+                if len(payload):  # written as it is: no copy of a 384 MB result
+                    self.stream.write(payload)
+                self.stream.flush()
+            except (BrokenPipeError, ConnectionError, ValueError):
+                self.closed = True
+                if self.stream is sys.stdout.buffer:
+                    _silence(self.stream)
+                if self.on_gone:
+                    self.on_gone()
+
+
+def _silence(stream) -> None:
+    """Points the stream's file descriptor at /dev/null, so that nothing (not even the
+    interpreter's final flush) fails on a pipe nobody reads."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
