@@ -141,7 +141,7 @@ def main() -> None:
     for size in args.sizes:
         runs = {"fp32": [], "auto": []}
         outputs = {}
-        for repeat in range(args.repeats):
+        for _ in range(args.repeats):
             for precision in ("fp32", "auto"):
                 outputs[precision] = OUT / f"{size}-{precision}.png"
                 runs[precision].append(stylize(args.content, args.style, size, precision,

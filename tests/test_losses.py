@@ -70,6 +70,29 @@ def test_style_loss_gradient_matches_autograd_of_the_formula(downstream):
         lambda f: total(StyleLoss(target).double()(f), f), (x,))
 
 
+@pytest.mark.parametrize("downstream", [True, False])
+def test_bf16_channels_last_style_loss_follows_the_fp32_formula(downstream):
+    """The processor's bf16 path (channels-last features, bf16 products with fp32
+    accumulation): loss and gradient as the fp32 formula's, to bf16's precision, and
+    the gradient in the features' own dtype and layout."""
+    torch.manual_seed(0)
+    target = gram_matrix(torch.rand(1, 16, 12, 10))
+    weights = torch.rand(1, 16, 12, 10)
+    start = torch.rand(1, 16, 12, 10)
+    x = start.bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    passed_on, loss = StyleLoss(target)(x)
+    total = 3 * loss + ((passed_on.float() * weights).sum() if downstream else 0)
+    fused = torch.autograd.grad(total, x)[0]
+    assert fused.dtype == torch.bfloat16
+    exact = start.bfloat16().double().requires_grad_(True)  # the same bf16 values, exactly
+    expected_loss = _plain_style_loss(exact, target.double())
+    expected = torch.autograd.grad(
+        3 * expected_loss + ((exact * weights.double()).sum() if downstream else 0), exact)[0]
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-2)
+    relative = (fused.double() - expected).norm() / expected.norm()
+    assert relative < 1e-2, float(relative)
+
+
 def test_tv_loss_by_hand():
     image = torch.tensor([[0.0, 1.0], [0.0, 0.0]]).reshape(1, 1, 2, 2)
     # horizontal diffs: 1, 0 -> mean 0.5; vertical: 0, -1 -> mean 0.5
