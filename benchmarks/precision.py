@@ -119,7 +119,8 @@ def sheet(photo: Path, results: dict[str, Path], out: Path) -> None:
               **{name: Image.open(path).convert("RGB") for name, path in results.items()}}
     width, height = images["photo"].size
     half = width // 2, height // 2
-    crop = (width // 2 - 160, height // 2 - 160, width // 2 + 160, height // 2 + 160)
+    crop = (width // 2 - half[0] // 2, height // 2 - 160, width // 2 + half[0] // 2,
+            height // 2 + 160)
     canvas = Image.new("RGB", (len(images) * half[0], half[1] + 320), "white")
     for index, image in enumerate(images.values()):
         canvas.paste(image.resize(half, Image.LANCZOS), (index * half[0], 0))

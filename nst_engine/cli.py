@@ -19,7 +19,7 @@ from . import __version__, files, service, stopping, weights
 from .control import Control
 from .errors import EXIT_CODES, EngineError, cancelled
 from .settings import DEFAULTS, KNOBS, Settings
-from .wire import Emitter, error_event
+from .wire import Channel, Emitter, error_event
 
 PROG = "nst-engine"
 GROUPS = {"look": "the look", "quality": "quality and speed",
@@ -231,9 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "connect":
             return service.connect(args.idle_timeout)
         die_with_parent()
-        from .protocol import job_from_request, run_job, watch_stdin
+        from .protocol import job_from_request, run_job, watch_stdin  # torch from here on
         from .stream import serve_one
-        from .wire import Channel
 
         if args.command == "stream":
             fd = sys.stdin.fileno()

@@ -273,3 +273,29 @@ def test_estimate_counts_the_refinement_at_full_size(tmp_path):
     from nst_engine.settings import DETAIL_STEPS
 
     assert nst_client.DETAIL_STEPS == DETAIL_STEPS
+
+
+def test_a_run_in_another_precision_starts_the_calibration_afresh(tmp_path):
+    """What was measured in fp32 (the refinement's speed, shares of top-scale steps)
+    is not carried into a bf16 calibration: bf16 halves a step on such a processor."""
+    path = tmp_path / "calibration.json"
+    old = {"device": "cpu", "precision": "fp32", "startup_s": 3.0, "step_s": 0.0,
+           "step_s_per_megapixel": 8.0, "top_fractions": {"512": 0.9},
+           "detail_s_per_megapixel_step": 12.0}
+    nst_client.save_calibration(path, dict(old))
+    log = nst_client.SpeedLog()
+    log.on_event({"event": "started", "device": "cpu", "precision": "bf16",
+                  "scales": [[128, 128, 10, 1]]})
+    for step in range(10):
+        log.on_event(nst_client.parse_event(json.dumps({
+            "event": "progress", "step": step + 1, "total": 10, "fraction": 0.1, "scale": 1,
+            "scales": 1, "width": 128, "height": 128, "elapsed_s": 0.05 * (step + 1)}).encode()))
+    log.on_event({"event": "result", "path": "x", "steps": 10, "stopped": "completed"})
+    new = log.calibration()
+    assert new["precision"] == "bf16"
+    nst_client.save_calibration(path, new)
+    loaded = nst_client.load_calibration(path)
+    assert loaded["precision"] == "bf16" and "detail_s_per_megapixel_step" not in loaded
+    assert loaded["top_fractions"] == {"128": 1.0}
+    nst_client.save_calibration(path, {**new, "top_fractions": {"256": 0.7}})
+    assert nst_client.load_calibration(path)["top_fractions"] == {"128": 1.0, "256": 0.7}
