@@ -23,7 +23,7 @@ CUDA_SHARE = 0.8  # of the GPU memory available to the engine
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 BF16_MIN_GAIN = 1.1  # bf16 on the processor only where the probe ran this much faster
 PROBE_SIDE = 64  # the probe: two VGG-like convolutions, forward and backward ...
-PROBE_REPEATS = 3  # ... timed alternately in each precision (about 0.3 s in all)
+PROBE_REPEATS = 3  # ... timed alternately in each precision (under a second in all)
 
 
 def pick(name: str) -> torch.device:
@@ -188,7 +188,7 @@ def cpu_precision() -> Precision:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps({"key": key, "gain": round(gain, 3),
                                              "precision": asdict(choice)}), encoding="utf-8")
-    except OSError:  # measured again next time: a third of a second
+    except OSError:  # measured again next time: under a second
         pass
     return choice
 
