@@ -104,8 +104,10 @@ if launcher:
     config["launcher"] = launcher
 try:
     previous = json.loads(old).get("remote") if old else None
-except ValueError:
+except (ValueError, AttributeError):
     previous = None
+if not (isinstance(previous, dict) and isinstance(previous.get("host"), str)):
+    previous = None  # a malformed remote is not carried into the new file
 if host == "unset" and previous:
     config["remote"] = previous
 elif host not in ("unset", ""):

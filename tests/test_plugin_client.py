@@ -299,3 +299,85 @@ def test_a_run_in_another_precision_starts_the_calibration_afresh(tmp_path):
     assert loaded["top_fractions"] == {"128": 1.0}
     nst_client.save_calibration(path, {**new, "top_fractions": {"256": 0.7}})
     assert nst_client.load_calibration(path)["top_fractions"] == {"128": 1.0, "256": 0.7}
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"python": None}, "python must be the path"),
+    ({"python": ["/usr/bin/python3"]}, "python must be the path"),
+    ({"python": sys.executable, "launcher": 5}, "launcher must be a list of strings"),
+    ({"python": sys.executable, "launcher": "flatpak-spawn --host"},
+     "launcher must be a list of strings"),
+    ({"python": sys.executable, "remote": "x"}, "remote must be an object"),
+    ({"python": sys.executable, "remote": {"python": "/p"}}, "remote.host must name"),
+    ({"python": sys.executable, "remote": {"host": "me@gpu", "ssh_options": 5}},
+     "ssh_options must be a list of strings"),
+    ({"python": sys.executable, "remote": {"host": "me@gpu", "ssh_options": None}},
+     "ssh_options must be a list of strings"),
+    ({"python": sys.executable, "remote": {"host": "me@gpu", "ssh_options": "notalist"}},
+     "ssh_options must be a list of strings"),
+    ([sys.executable], "must hold a JSON object"),
+])
+def test_a_malformed_config_entry_is_named_never_guessed(tmp_path, monkeypatch, config,
+                                                        message):
+    """A string is never split into characters (``"notalist"`` once reached ssh as
+    ``-n -o -t …`` and a host ``n``), a remote that is not an object is not quietly
+    ignored, and the message says which entry to correct."""
+    monkeypatch.delenv("NST_ENGINE_PYTHON", raising=False)
+    (tmp_path / "nst-engine.json").write_text(json.dumps(config))
+    with pytest.raises(nst_client.ClientError) as info:
+        nst_client.engine_command(tmp_path)
+    assert info.value.kind == "bad_config" and message in info.value.message
+    assert "nst-engine.json" in nst_client.user_message(info.value)
+
+
+def test_a_config_that_is_not_a_regular_file_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.delenv("NST_ENGINE_PYTHON", raising=False)
+    os.mkfifo(tmp_path / "nst-engine.json")  # reading it would wait for a writer forever
+    with pytest.raises(nst_client.ClientError, match="not a regular file"):
+        nst_client.engine_command(tmp_path)
+
+
+def test_ssh_options_reach_ssh_as_given(tmp_path, monkeypatch):
+    monkeypatch.delenv("NST_ENGINE_PYTHON", raising=False)
+    monkeypatch.delenv("NST_SSH_OPTIONS", raising=False)
+    (tmp_path / "nst-engine.json").write_text(json.dumps({"python": sys.executable, "remote": {
+        "host": "me@gpu", "ssh_options": ["-C", "-p", "2222"]}}))
+    command, where = nst_client.engine_command(tmp_path)
+    assert where == "me@gpu"
+    assert command[command.index("--") - 3:command.index("--") + 2] == [
+        "-C", "-p", "2222", "--", "me@gpu"]
+
+
+VALID_CALIBRATION = {"device": "cpu", "precision": "bf16", "startup_s": 3.0, "step_s": 0.01,
+                     "step_s_per_megapixel": 4.0, "top_fractions": {"512": 0.9}}
+
+
+@pytest.mark.parametrize("damage", [
+    {"startup_s": None}, {"step_s": "0.1"}, {"step_s_per_megapixel": float("nan")},
+    {"step_s_per_megapixel": float("inf")}, {"startup_s": -1}, {"device": 3},
+    {"top_fractions": [0.9]}, {"top_fractions": {"512": float("nan")}},
+    {"detail_s_per_megapixel_step": 0}, {"precision": 16}, "missing step_s",
+])
+def test_a_damaged_calibration_is_set_aside_and_the_dialog_opens(tmp_path, damage):
+    path = tmp_path / "nst-calibration.json"
+    data = dict(VALID_CALIBRATION)
+    if damage == "missing step_s":
+        del data["step_s"]
+    else:
+        data.update(damage)
+    path.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+    assert nst_client.load_calibration(path) is None
+    assert not path.exists() and (tmp_path / "nst-calibration.json.bad").exists()
+    # no estimate rather than "about nan h", and the next run's measurement is kept
+    assert nst_client.estimate_seconds(None, 1000, 1000, {"max_size": 0, "iterations": 9}) \
+        is None
+    nst_client.save_calibration(path, dict(VALID_CALIBRATION))
+    assert nst_client.load_calibration(path) == VALID_CALIBRATION
+
+
+def test_a_calibration_that_is_not_a_regular_file_is_not_read(tmp_path):
+    path = tmp_path / "nst-calibration.json"
+    os.mkfifo(path)
+    assert nst_client.load_calibration(path) is None  # at once, not waiting for a writer
+    nst_client.save_calibration(path, dict(VALID_CALIBRATION))
+    assert nst_client.load_calibration(path) == VALID_CALIBRATION

@@ -10,10 +10,12 @@ each run for the dialog's time estimates.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,8 @@ HINTS = {
     "'<the engine's Python> -m nst_engine weights download'.",
     "out_of_memory": "Lower 'Max size', select a smaller area, or close other GPU programs.",
     "bad_input": "Check the style image and the options.",
+    "bad_config": "Correct that entry in nst-engine.json, in the plug-in's folder, or run "
+    "install.sh again: it writes the file anew.",
     "internal": "Run 'install.sh --check'; if it reports no problem, please report this.",
     "connection": "Check that 'ssh HOST' logs in without a password prompt, and that "
     "install.sh ran on that machine; 'install.sh --check' tests the connection.",
@@ -70,32 +74,19 @@ class Progress:
 def engine_command(plugin_dir: str | os.PathLike) -> tuple[list[str], str]:
     """The command that reaches the engine, and where it runs ("this computer" or the
     SSH host), from ``NST_ENGINE_PYTHON`` or the config install.sh wrote beside the
-    plug-in: ``{"python": PATH}``, ``"launcher": ["flatpak-spawn", "--host"]`` for a
-    Flatpak GIMP, and ``"remote": {"host": "user@host", "python": PATH}`` for an
-    engine on another machine. Either way it runs ``nst_engine connect``, which
-    joins the warm engine service (docs/protocol.md)."""
+    plug-in (``read_config``): ``{"python": PATH}``, ``"launcher": ["flatpak-spawn",
+    "--host"]`` for a Flatpak GIMP, and ``"remote": {"host": "user@host", "python":
+    PATH, "ssh_options": [...]}`` for an engine on another machine. Either way it runs
+    ``nst_engine connect``, which joins the warm engine service (docs/protocol.md)."""
     override = os.environ.get("NST_ENGINE_PYTHON")
-    config = Path(plugin_dir) / CONFIG_NAME
-    settings: dict = {}
-    if override:
-        python = override
-    else:
-        try:
-            settings = json.loads(config.read_text(encoding="utf-8"))
-            python = settings["python"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ClientError(
-                "not_installed",
-                f"The style transfer engine is not set up ({config} is missing or "
-                "unreadable). Run install.sh from the plug-in's download folder.",
-            ) from None
-    remote = settings.get("remote") if isinstance(settings, dict) else None
-    if isinstance(remote, dict) and remote.get("host"):
-        host = str(remote["host"])
-        python = str(remote.get("python") or REMOTE_PYTHON)
-        extra = [str(option) for option in remote.get("ssh_options", [])]
-        return ssh_command(host, [python, "-m", "nst_engine", "connect"], extra), host
-    launcher = list(settings.get("launcher", [])) if isinstance(settings, dict) else []
+    config = read_config(Path(plugin_dir) / CONFIG_NAME, need_python=not override)
+    python = override or config["python"]
+    remote = config.get("remote")
+    if remote is not None:
+        return ssh_command(remote["host"], [remote.get("python", REMOTE_PYTHON), "-m",
+                                            "nst_engine", "connect"],
+                           remote.get("ssh_options", [])), remote["host"]
+    launcher = config.get("launcher", [])
     if not launcher and not (os.path.isfile(python) and os.access(python, os.X_OK)):
         raise ClientError(
             "not_installed",
@@ -103,6 +94,59 @@ def engine_command(plugin_dir: str | os.PathLike) -> tuple[list[str], str]:
             "Run install.sh again to repair the installation.",
         )
     return [*launcher, python, "-m", "nst_engine", "connect"], "this computer"
+
+
+def read_config(path: Path, need_python: bool = True) -> dict:
+    """``nst-engine.json``, checked entry by entry. A malformed entry is a message that
+    names it, never a guess: a string where a list belongs is not split into
+    characters (``ssh_options: "-p 22"`` would otherwise reach ssh as words), and a
+    ``remote`` that is not an object is not quietly ignored (the photographer asked
+    for another machine). Only a regular file is read (a FIFO would hang GIMP)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ClientError("bad_config", f"{path} is not a regular file.")
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not need_python:
+            return {}
+        raise ClientError(
+            "not_installed", f"The style transfer engine is not set up ({path} is "
+            "missing). Run install.sh from the plug-in's download folder.") from None
+    except (OSError, ValueError) as exc:
+        raise ClientError("bad_config", f"{path} cannot be read ({exc}).") from None
+    name = path.name
+    if not isinstance(config, dict):
+        raise ClientError("bad_config", f"{name} must hold a JSON object.")
+    if need_python or "python" in config:
+        _require(_is_text(config.get("python")), f"{name}: python must be the path of the "
+                 "engine's Python, as a string")
+    if "launcher" in config:
+        _require(_is_words(config["launcher"]), f"{name}: launcher must be a list of strings")
+    remote = config.get("remote")
+    if remote is not None:
+        _require(isinstance(remote, dict), f'{name}: remote must be an object such as '
+                 '{"host": "user@gpu-box"}')
+        _require(_is_text(remote.get("host")), f"{name}: remote.host must name the machine "
+                 "(user@host)")
+        if "python" in remote:
+            _require(_is_text(remote["python"]), f"{name}: remote.python must be a path")
+        if "ssh_options" in remote:
+            _require(_is_words(remote["ssh_options"]),
+                     f"{name}: ssh_options must be a list of strings")
+    return config
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_words(value) -> bool:
+    return isinstance(value, list) and all(_is_text(word) for word in value)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ClientError("bad_config", message + ".")
 
 
 def ssh_command(host: str, remote: list[str], extra: list[str] = ()) -> list[str]:
@@ -604,12 +648,47 @@ def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def load_calibration(path: str | os.PathLike) -> dict | None:
+    """The speed measured by earlier runs, or None. A damaged one (a missing or
+    mistyped field, a number that is not finite, not a regular file) is set aside
+    as ``*.bad``: the dialog opens without an estimate and the next run measures
+    anew, instead of every run failing until the file is deleted by hand."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        float(data["startup_s"]), float(data["step_s"]), float(data["step_s_per_megapixel"])
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("not a regular file")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        _check_calibration(data)
         return data
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            os.replace(path, f"{path}.bad")
+        except OSError:
+            pass
+        return None
+
+
+def _check_calibration(data) -> None:
+    """Raises ValueError unless ``data`` is a calibration the estimate can use."""
+    def number(value, positive: bool = False) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError(f"not a usable number: {value!r}")
+
+    if not isinstance(data, dict) or data.get("device") not in ("cpu", "cuda", "mps"):
+        raise ValueError("no device")
+    if not isinstance(data.get("precision", "fp32"), (str, type(None))):
+        raise ValueError("precision is not a name")
+    for key in ("startup_s", "step_s", "step_s_per_megapixel"):
+        number(data[key])
+    fractions = data.get("top_fractions", {})
+    if not isinstance(fractions, dict) or not all(isinstance(key, str) for key in fractions):
+        raise ValueError("top_fractions is not a table")
+    for value in fractions.values():
+        number(value, positive=True)
+    if "detail_s_per_megapixel_step" in data:
+        number(data["detail_s_per_megapixel_step"], positive=True)
 
 
 def save_calibration(path: str | os.PathLike, new: dict) -> None:
