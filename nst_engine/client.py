@@ -19,6 +19,8 @@ from .errors import EngineError
 from .images import Picture
 from .wire import PROTOCOL, Channel
 
+PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the picture's own bytes
+
 
 def request_over(sock, settings: dict, picture: Picture, styles: list[Path],
                  on_event: Callable[[dict], None], control: Control) -> tuple[dict, Picture]:
@@ -44,10 +46,14 @@ def request_over(sock, settings: dict, picture: Picture, styles: list[Path],
 
     threading.Thread(target=forward_cancel, daemon=True).start()
     channel = Channel(sock.recv, sock.recv_into)
+
+    def limit(event: dict) -> int:  # the result is the picture sent; a preview smaller
+        return data.nbytes + (0 if event["event"] == "result" else PREVIEW_SLACK)
+
     try:
         while True:
             try:
-                event, payload = channel.read("event")
+                event, payload = channel.read("event", limit)
             except EOFError:
                 raise EngineError("internal", "the engine service closed the connection "
                                   "without a result") from None

@@ -102,7 +102,7 @@ def _read_png16(path: Path) -> Picture:
 TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
-def _read_tiff_deep(path: Path) -> Picture | None:
+def _read_tiff_deep(path: Path, what: str) -> Picture | None:
     """16-bit and float TIFFs through tifffile (Pillow cannot read float RGB at all);
     None for an 8-bit TIFF, which Pillow reads."""
     try:
@@ -110,9 +110,13 @@ def _read_tiff_deep(path: Path) -> Picture | None:
             page = tiff.pages[0]
             if page.dtype is None or page.dtype.itemsize == 1:
                 return None
+            if page.imagewidth * page.imagelength > Image.MAX_IMAGE_PIXELS:
+                raise _bomb(what, path.name)
             data = page.asarray()
             icc = page.tags.get(34675)
             orientation = page.tags.get(274)
+    except EngineError:
+        raise
     except Exception as exc:  # e.g. a compression that needs imagecodecs
         raise bad_input(f"cannot read the 16/32-bit TIFF {path.name}: {exc}") from None
     if data.dtype == np.uint16:
@@ -152,7 +156,7 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
         raise bad_input(f"{what} not found: {path}")
     try:
         with open(path, "rb") as handle:
-            deep_tiff = handle.read(4) in TIFF_SIGNATURES and _read_tiff_deep(path)
+            deep_tiff = handle.read(4) in TIFF_SIGNATURES and _read_tiff_deep(path, what)
     except OSError as exc:
         raise bad_input(f"cannot read {what} {path.name}: {exc}") from None
     except MemoryError:
@@ -173,10 +177,7 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
                     image.load()
                     picture = _from_pillow(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise bad_input(
-            f"{what} {path.name} is larger than the {Image.MAX_IMAGE_PIXELS:,}-pixel safety "
-            "limit (possible decompression bomb)"
-        ) from None
+        raise _bomb(what, path.name) from None
     except UnidentifiedImageError:
         raise bad_input(f"{what} {path.name} is not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -197,6 +198,14 @@ def _is_deep(image: Image.Image, path: Path) -> str | None:
             header = handle.read(26)
         return "png" if len(header) == 26 and header[24] == 16 else None
     return None
+
+
+def _bomb(what: str, name: str) -> EngineError:
+    """Every decoder's pixel ceiling (Pillow's, which tifffile does not apply; 16-bit
+    PNGs pass Pillow's check first): a file that unpacks to more is refused before
+    it is decoded."""
+    return bad_input(f"{what} {name} is larger than the {Image.MAX_IMAGE_PIXELS:,}-pixel "
+                     "safety limit (possible decompression bomb)")
 
 
 def _too_big(what: str, path: Path) -> EngineError:

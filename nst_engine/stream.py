@@ -23,19 +23,23 @@ from .images import Picture, load_picture, picture_from_array, picture_to_array
 from .protocol import Job, run_job
 from .settings import Settings
 from .transfer import Warm
-from .wire import PROTOCOL, Channel, Emitter
+from .wire import MAX_STYLE_BYTES, PROTOCOL, Channel, Emitter, layer_bytes
 
 HEARTBEAT_MISSES = 3  # silent heartbeats before the run is taken as abandoned
-MAX_STYLE_BYTES = 512 << 20
 
 
 def read_job(channel: Channel, folder: Path) -> Job:
     """The ``run`` message and its style images; previews and the result go back as
-    frames (the caller's emitter writes them)."""
-    message, payload = channel.read()
-    if message["type"] != "run" or message.get("protocol") != PROTOCOL:
-        raise bad_input(f"expected a protocol {PROTOCOL} run message, got "
-                        f"{message['type']!r} (protocol {message.get('protocol')!r})")
+    frames (the caller's emitter writes them). Every payload is checked by its
+    announced size before it is read; a style's name is a label, never a path."""
+
+    def run_limit(message: dict) -> int:
+        if message["type"] != "run" or message.get("protocol") != PROTOCOL:
+            raise bad_input(f"expected a protocol {PROTOCOL} run message, got "
+                            f"{message['type']!r} (protocol {message.get('protocol')!r})")
+        return layer_bytes(message.get("content"))
+
+    message, payload = channel.read(limit=run_limit)
     settings_field = message.get("settings", {})
     if not isinstance(settings_field, dict):
         raise bad_input("settings must be an object")
@@ -48,11 +52,10 @@ def read_job(channel: Channel, folder: Path) -> Job:
     content = _array(message.get("content"), payload)
     styles = []
     for index in range(_count(message.get("styles"))):
-        style, data = channel.read()
-        if style["type"] != "style" or not 0 < len(data) <= MAX_STYLE_BYTES:
+        style, data = channel.read(limit=_style_limit)
+        if not data:
             raise bad_input("expected a style message with the image file's bytes")
-        name = Path(str(style.get("name", "style"))).name or "style"
-        path = folder / f"{index}-{name}"
+        path = folder / f"{index}-{style_label(style.get('name'))}"
         path.write_bytes(data)
         styles.append(load_picture(path, "style image"))
     interval = message.get("preview_interval_s", 0)
@@ -63,6 +66,27 @@ def read_job(channel: Channel, folder: Path) -> Job:
                preview_interval_s=float(interval))
 
 
+def _style_limit(message: dict) -> int:
+    if message["type"] != "style":
+        raise bad_input(f"expected a style message, got {message['type']!r}")
+    if message.get("bytes", 0) > MAX_STYLE_BYTES:
+        raise bad_input(f"the style image is larger than the {MAX_STYLE_BYTES >> 20} MB "
+                        "taken; use a smaller file")
+    return MAX_STYLE_BYTES
+
+
+LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                             "0123456789._- ")
+
+
+def style_label(name) -> str:
+    """A style's name as a label for messages and the file it is kept in: letters,
+    digits and ``._- `` only, at most 64 of them, never starting with a dot (no
+    path, no NUL, no lone surrogate can come of it); "style" when nothing is left."""
+    text = "".join(c if c in LABEL_CHARACTERS else "_" for c in str(name or ""))[-64:]
+    return text.lstrip(".").strip() or "style"
+
+
 def _count(value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 16:
         raise bad_input("styles must be the number of style messages that follow (1–16)")
@@ -70,14 +94,9 @@ def _count(value) -> int:
 
 
 def _array(header, payload: bytes) -> Picture:
-    if not isinstance(header, dict) or header.get("dtype") != "<f4":
-        raise bad_input("content must describe a little-endian float32 array (<f4)")
-    shape = header.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3
-            and all(isinstance(n, int) and n > 0 for n in shape)):
-        raise bad_input("content shape must be [height, width, channels]")
-    if len(payload) != 4 * shape[0] * shape[1] * shape[2]:
+    if len(payload) != layer_bytes(header):
         raise bad_input("the content's bytes do not match its shape")
+    shape = header["shape"]
     # A view of the received bytes (a copy only on a big-endian machine).
     data = np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32, copy=False)
     return picture_from_array(data, owned=True)

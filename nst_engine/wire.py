@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 
 PROTOCOL = 3
 MAX_LINE = 1 << 20  # a message line; the pixels travel as payloads
+# The largest layer taken: 16384² pixels (the largest working size, squared) of up to
+# four float32 channels, 4 GiB. Refused by its announced shape, before any allocation.
+MAX_LAYER_PIXELS = 16384 * 16384
+MAX_STYLE_BYTES = 512 << 20  # a style image file
+
+Limit = Callable[[dict], int]  # the most payload bytes a message may announce
 
 
 class Channel:
@@ -70,24 +76,54 @@ class Channel:
             have += count
         return data
 
-    def read(self, key: str = "type") -> tuple[dict, bytes]:
+    def read(self, key: str = "type", limit: Limit = lambda message: 0) -> tuple[dict, bytes]:
         """The next message (events, read by a client: ``key="event"``) and its
-        payload; EOFError when the other side has gone."""
+        payload; EOFError when the other side has gone. ``limit(message)`` says how
+        many payload bytes that message may announce (it may also refuse the message
+        with ``bad_input``): more is refused before a byte of it is read or room is
+        made for it."""
         while (end := self.buffer.find(b"\n")) < 0:
             if len(self.buffer) > MAX_LINE:
                 raise bad_input("a message line is too long")
             self._fill()
         line = self._take(end + 1)
-        try:
-            message = json.loads(line)
-        except ValueError:
-            raise bad_input("a message is not JSON") from None
-        if not isinstance(message, dict) or not isinstance(message.get(key), str):
-            raise bad_input(f"a message must be a JSON object with a {key}")
+        message = parse_message(line, key)
         size = message.get("bytes", 0)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise bad_input("bytes must be a non-negative integer")
+        most = limit(message)
+        if size > most:
+            raise bad_input(f"a {message[key]} message announces {size:,} bytes; at most "
+                            f"{most:,} are taken")
         return message, self._take(size) if size else b""
+
+
+def parse_message(line: bytes | bytearray, key: str = "type") -> dict:
+    """One message line as a JSON object with a string ``key``; anything else, nesting
+    too deep for the parser among it, is ``bad_input``."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        raise bad_input("a message is not JSON (or nests too deeply)") from None
+    if not isinstance(message, dict) or not isinstance(message.get(key), str):
+        raise bad_input(f"a message must be a JSON object with a {key}")
+    return message
+
+
+def layer_bytes(header) -> int:
+    """The bytes of a layer described as ``{"shape": [h, w, c], "dtype": "<f4"}``,
+    checked against ``MAX_LAYER_PIXELS`` (``bad_input`` otherwise)."""
+    if not isinstance(header, dict) or header.get("dtype") != "<f4":
+        raise bad_input("content must describe a little-endian float32 array (<f4)")
+    shape = header.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+            and shape[2] <= 4):
+        raise bad_input("content shape must be [height, width, channels], 1 to 4 channels")
+    if shape[0] * shape[1] > MAX_LAYER_PIXELS:
+        raise bad_input(f"a {shape[1]}×{shape[0]} layer is larger than the "
+                        f"{MAX_LAYER_PIXELS:,} pixels the engine takes")
+    return 4 * shape[0] * shape[1] * shape[2]
 
 
 def error_event(error: EngineError) -> dict:

@@ -152,18 +152,31 @@ def test_malformed_engine_output_is_a_clear_message(tmp_path, monkeypatch, outpu
     assert "stopped unexpectedly" in info.value.message
 
 
-def test_a_payload_too_large_to_hold_ends_the_run_with_a_message(tmp_path, monkeypatch):
-    """The plug-in makes room for a payload before it arrives: an absurd size is a
-    clear message, and the engine (still running here) is stopped."""
+@pytest.mark.parametrize("announced", [1 << 62, 2 << 30])
+def test_a_payload_larger_than_the_layer_ends_the_run_before_room_is_made(
+        tmp_path, monkeypatch, announced):
+    """The plug-in makes room for a payload before it arrives: one larger than the
+    layer it sent (an absurd size, or 2 GB for a small layer) is a clear message
+    before any allocation, and the engine (still running here) is stopped."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     line = json.dumps({"event": "result", "shape": [1, 1, 3], "dtype": "<f4",
-                       "bytes": 1 << 62}) + "\n"
+                       "bytes": announced}) + "\n"
     command = fake_engine(f"import time; sys.stdout.write({line!r}); sys.stdout.flush(); "
                           "time.sleep(60)")
     _, raw, shape = layer()
-    with pytest.raises(nst_client.ClientError, match="more than fits in memory") as info:
+    allocations = []
+    monkeypatch.setattr(nst_client, "bytearray", lambda *size: allocations.append(size)
+                        or bytearray(*size), raising=False)
+    with pytest.raises(nst_client.ClientError, match="more than the .* of the layer sent") \
+            as info:
         nst_client.run_engine(command, settings(), raw, shape, __file__)
-    assert info.value.kind == "internal"
+    assert info.value.kind == "internal" and (announced,) not in allocations
+
+
+def test_an_event_nested_too_deeply_is_garbage_not_a_traceback():
+    assert nst_client.parse_event(b"[" * 100_000 + b"]" * 100_000) is None
+    assert nst_client.parse_event(b'{"event": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000
+                                  + b"}") is None
 
 
 def test_internal_error_keeps_the_engine_log_in_the_cache(tmp_path, monkeypatch):

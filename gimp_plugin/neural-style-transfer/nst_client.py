@@ -27,6 +27,7 @@ from pathlib import Path
 
 STREAM_PROTOCOL = 3  # docs/protocol.md; the engine also still reads files (1, 2)
 PAYLOAD_CHUNK = 16 << 20  # bytes of a payload read at once (the run window stays live)
+PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the layer's own bytes
 CONFIG_NAME = "nst-engine.json"  # written by install.sh next to the plug-in
 REMOTE_PYTHON = ".local/share/nst-engine/venv/bin/python"  # install.sh's, from the home
 HEARTBEAT_S = 2.0  # the engine cancels after three missed pings
@@ -238,6 +239,8 @@ class EngineRun:
         self._payload = bytearray()  # that payload, filled up to ``_have`` bytes
         self._have = 0
         self._unholdable = False  # an announced payload too large to hold: output ends
+        # The result is the layer sent, a preview smaller: nothing larger is made room for.
+        self.most_payload = 0
         self._writing = threading.RLock()  # a signal handler may send while held
         self.folder = make_workdir()
         self.stderr_path = os.path.join(self.folder, "engine-stderr.txt")
@@ -268,6 +271,7 @@ class EngineRun:
             swapped = array("f", content)
             swapped.byteswap()
             content = swapped.tobytes()
+        self.most_payload = len(content) + PREVIEW_SLACK
         run = {"type": "run", "protocol": STREAM_PROTOCOL, "settings": settings,
                "preview_interval_s": preview_interval_s, "styles": 1,
                "heartbeat_s": HEARTBEAT_S,
@@ -344,6 +348,11 @@ class EngineRun:
     def _start_payload(self, event: dict) -> None:
         """Makes room for the payload that follows ``event``'s line; what has already
         arrived of it moves in."""
+        if event["bytes"] > self.most_payload:
+            self.garbage = (f"a message of {event['bytes']:,} bytes, more than the "
+                            f"{self.most_payload:,} of the layer sent")
+            self._unholdable = True
+            return
         try:
             self._payload = bytearray(event["bytes"])
         except (MemoryError, OverflowError):
@@ -463,7 +472,7 @@ def parse_event(raw: bytes) -> dict | None:
     event without its numbers)."""
     try:
         event = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # garbage, or nesting too deep to parse
         return None
     if not isinstance(event, dict) or not isinstance(event.get("event"), str):
         return None
