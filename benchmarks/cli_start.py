@@ -24,6 +24,8 @@ from pathlib import Path
 
 from bench import SHARED
 
+from nst_engine.service import socket_path
+
 ENGINE = [sys.executable, "-m", "nst_engine"]
 
 
@@ -59,7 +61,7 @@ def main() -> None:
         service = subprocess.Popen([*ENGINE, "serve", "--idle-timeout", "120"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            while not (runtime / "nst-engine" / "engine.sock").exists():
+            while not socket_path(runtime / "nst-engine").exists():
                 time.sleep(0.1)
             out = Path(folder) / "out.png"
             first_progress(env, args.size, out)  # warms the service: network, targets

@@ -12,6 +12,7 @@ the top: ``connect`` must start in milliseconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -24,7 +25,9 @@ import time
 import traceback
 from pathlib import Path
 
-SOCKET_NAME = "engine.sock"
+# What decides the network and the data a run uses: a client whose values differ
+# reaches a service of its own (``socket_path``), never one started with other weights.
+RUN_ENVIRONMENT = ("NST_WEIGHTS", "NST_DATA_DIR", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HOME")
 DEFAULT_IDLE_S = 600.0
 START_WAIT_S = 60.0
 FIRST_WAIT_S = 10.0
@@ -48,6 +51,14 @@ def runtime_dir() -> Path:
     return folder
 
 
+def socket_path(folder: Path) -> Path:
+    """The socket of the service for this process's ``RUN_ENVIRONMENT``, in ``folder``:
+    ``engine-<digest>.sock``, short enough for a Unix socket's 107 bytes."""
+    values = json.dumps({name: os.environ.get(name) for name in RUN_ENVIRONMENT},
+                        sort_keys=True)
+    return folder / f"engine-{hashlib.sha256(values.encode()).hexdigest()[:8]}.sock"
+
+
 def peer_uid(conn: socket.socket) -> int | None:
     """The connecting process's user (Linux SO_PEERCRED); None where unknown."""
     option = getattr(socket, "SO_PEERCRED", None)
@@ -62,7 +73,7 @@ def running() -> socket.socket | None:
     if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):
         return None
     try:
-        return _connect(runtime_dir() / SOCKET_NAME)
+        return _connect(socket_path(runtime_dir()))
     except OSError:
         return None
 
@@ -84,7 +95,7 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
     from .transfer import Warm
 
     folder = runtime_dir()
-    path = folder / SOCKET_NAME
+    path = socket_path(folder)
     listener = _listen(path)
     if listener is None:
         print("nst-engine: a service is already running", file=sys.stderr)
@@ -209,7 +220,7 @@ def connect(idle_s: float = DEFAULT_IDLE_S) -> int:
         print(f"nst-engine: no private runtime folder ({exc}); running one-shot",
               file=sys.stderr)
         return _one_shot()
-    path = folder / SOCKET_NAME
+    path = socket_path(folder)
     sock = _connect(path) or _start(folder, path, idle_s)
     if sock is None:
         print("nst-engine: the engine service could not be started; running one-shot "
@@ -227,10 +238,12 @@ def _start(folder: Path, path: Path, idle_s: float) -> socket.socket | None:
     if log.exists() and log.stat().st_size > LOG_LIMIT:
         log.unlink()
     with open(log, "ab") as stderr:
+        # In the private runtime folder, not the client's (a plug-in's temporary
+        # folder, removed after its run), which the service would outlive.
         process = subprocess.Popen(
             [sys.executable, "-m", "nst_engine", "serve", "--idle-timeout", str(idle_s)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-            start_new_session=True, close_fds=True)
+            cwd=folder, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline:
         sock = _connect(path)

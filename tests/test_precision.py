@@ -190,7 +190,9 @@ def test_weights_status_knows_checked_weights_by_their_hash(tmp_path):
 
 
 def wait_for_service(process, seconds=60) -> Path:
-    path = Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine" / "engine.sock"
+    from nst_engine.service import socket_path
+
+    path = socket_path(Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read()

@@ -18,6 +18,8 @@ import nst_client
 import numpy as np
 import pytest
 
+from nst_engine import service
+
 CONNECT = [sys.executable, "-m", "nst_engine", "connect"]
 SETTINGS = {"style_strength": 0.5, "iterations": 4, "max_size": 64, "preserve_colors": False,
             "seed": 0, "device": "cpu"}
@@ -42,7 +44,7 @@ def started(events):
 
 
 def socket_path() -> Path:
-    return Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine" / "engine.sock"
+    return service.socket_path(Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine")
 
 
 def service_pid(events) -> int:
@@ -266,3 +268,26 @@ def test_large_layers_and_styles_arrive_whole_and_paint_as_one_shot(tmp_path):
     assert np.array_equal(warm, one_shot)
     assert np.array_equal(warm[..., 3], layer[..., 3])
     assert 0 <= warm[..., :3].min() and warm[..., :3].max() <= 1
+
+
+def test_a_client_with_other_weights_is_never_served_by_the_first_clients_service(
+        painting, monkeypatch, tmp_path):
+    """The first client's NST_WEIGHTS (random, here) stays its own: a later client
+    without it reaches a service of its own, which finds no weights in its data
+    folder, instead of being painted with the first one's random network."""
+    _, events = run(painting)
+    first = service_pid(events)
+    assert started(events)["weights"] == "random"
+    monkeypatch.delenv("NST_WEIGHTS")
+    with pytest.raises(nst_client.ClientError) as info:
+        run(painting)
+    assert info.value.kind == "no_weights"
+    monkeypatch.setenv("NST_WEIGHTS", "random")  # the first client's world again
+    _, again = run(painting)
+    assert service_pid(again) == first
+
+
+def test_the_service_works_in_its_private_folder_not_the_clients(painting):
+    _, events = run(painting)
+    pid = service_pid(events)
+    assert Path(f"/proc/{pid}/cwd").resolve() == socket_path().parent.resolve()
