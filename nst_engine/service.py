@@ -12,11 +12,13 @@ the top: ``connect`` must start in milliseconds.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import queue
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -28,26 +30,33 @@ from pathlib import Path
 # What decides the network and the data a run uses: a client whose values differ
 # reaches a service of its own (``socket_path``), never one started with other weights.
 RUN_ENVIRONMENT = ("NST_WEIGHTS", "NST_DATA_DIR", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HOME")
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path (sun_path, less its NUL)
+SOCKET_NAME_BYTES = len("/engine-12345678.sock")
 DEFAULT_IDLE_S = 600.0
 START_WAIT_S = 60.0
 FIRST_WAIT_S = 10.0
 LOG_LIMIT = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux's fcntl command (fcntl.F_SETPIPE_SZ from Python 3.10)
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_RETRY_S = 0.1
 
 
 def runtime_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/nst-engine``, else ``/tmp/nst-engine-<uid>``: made 0700, and
+    """``$XDG_RUNTIME_DIR/nst-engine``, else ``/tmp/nst-engine-<uid>`` (also where the
+    first would make a socket path longer than a Unix socket takes): made 0700, and
     refused unless it is ours and private."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base) and os.stat(base).st_uid == os.getuid():
+    folder = Path("/tmp") / f"nst-engine-{os.getuid()}"
+    if base and os.path.isdir(base) and os.stat(base).st_uid == os.getuid() \
+            and len(os.fsencode(Path(base) / "nst-engine")) + SOCKET_NAME_BYTES <= MAX_SOCKET_PATH:
         folder = Path(base) / "nst-engine"
-    else:
-        folder = Path("/tmp") / f"nst-engine-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     info = os.lstat(folder)
     if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(folder) \
             or os.path.islink(folder):
-        raise PermissionError(f"{folder} is not a private folder of this user")
+        raise PermissionError(
+            f"{folder} is not a private folder of this user: it must be this user's own "
+            "folder and closed to others (remove it, and the engine makes it anew)")
     return folder
 
 
@@ -92,10 +101,17 @@ def _connect(path: Path) -> socket.socket | None:
 
 def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
     """Serves requests until ``idle_s`` seconds pass without one. Imports torch."""
+    from .errors import bad_input
     from .transfer import Warm
 
-    folder = runtime_dir()
+    try:
+        folder = runtime_dir()
+    except OSError as exc:
+        raise bad_input(f"no private runtime folder for the service: {exc}") from None
     path = socket_path(folder)
+    if _in_the_way(path):
+        raise bad_input(f"{path} is in the way of the service's socket (it is not a "
+                        "socket); remove it")
     listener = _listen(path)
     if listener is None:
         print("nst-engine: a service is already running", file=sys.stderr)
@@ -108,8 +124,11 @@ def serve(idle_s: float = DEFAULT_IDLE_S) -> int:
         while True:
             try:
                 conn, _ = listener.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_DESCRIPTORS:  # wait for connections to close
+                    time.sleep(ACCEPT_RETRY_S)
+                    continue
+                return  # the listener was closed: the service is ending
             if peer_uid(conn) not in (None, os.getuid()):
                 conn.close()  # another user: not even an answer
                 continue
@@ -174,6 +193,14 @@ def _handle(conn: socket.socket, warm, folder: Path) -> None:
             pass
 
 
+def _in_the_way(path: Path) -> bool:
+    """Something other than a socket (a folder, a file) holds the socket's path."""
+    try:
+        return not stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _listen(path: Path) -> socket.socket | None:
     """Binds the socket (0600), replacing a stale one; None if a live service has it."""
     if path.exists():
@@ -221,6 +248,10 @@ def connect(idle_s: float = DEFAULT_IDLE_S) -> int:
               file=sys.stderr)
         return _one_shot()
     path = socket_path(folder)
+    if _in_the_way(path):  # a service could not bind there: no start to wait for
+        print(f"nst-engine: {path} is in the way of the engine service's socket (it is "
+              "not a socket; remove it); running one-shot", file=sys.stderr)
+        return _one_shot()
     sock = _connect(path) or _start(folder, path, idle_s)
     if sock is None:
         print("nst-engine: the engine service could not be started; running one-shot "

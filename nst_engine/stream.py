@@ -10,6 +10,8 @@ message per style image (the file's bytes), then at any time ``finish`` or
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -53,10 +55,15 @@ def read_job(channel: Channel, folder: Path) -> Job:
     styles = []
     for index in range(_count(message.get("styles"))):
         style, data = channel.read(limit=_style_limit)
-        if not data:
+        if not len(data):  # bytes, or an array when large
             raise bad_input("expected a style message with the image file's bytes")
         path = folder / f"{index}-{style_label(style.get('name'))}"
-        path.write_bytes(data)
+        try:
+            path.write_bytes(data)
+        except OSError as exc:  # a full disk, a quota
+            raise bad_input(f"no room for the style image in {folder.parent} "
+                            f"({exc.strerror or exc}); free some space there or set TMPDIR "
+                            "to a folder with room") from None
         styles.append(load_picture(path, "style image"))
     interval = message.get("preview_interval_s", 0)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
@@ -64,6 +71,25 @@ def read_job(channel: Channel, folder: Path) -> Job:
         raise bad_input("preview_interval_s must be a non-negative number of seconds")
     return Job(content, styles, settings, _deliver_array, _deliver_png if interval else None,
                preview_interval_s=float(interval))
+
+
+SCRATCH_PREFIX = "nst-stream-"  # + the engine's pid: the style images of one run
+
+
+def remove_stale_folders() -> None:
+    """Removes the scratch folders of engines that died without removing them (a
+    killed service, a one-shot engine ended with the plug-in): each holds a copy of
+    a style image."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.lstat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)  # alive (or not ours to signal): its folder stays
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _style_limit(message: dict) -> int:
@@ -140,8 +166,15 @@ def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0)
         control.cancel.set()
 
     def watchdog() -> None:
+        checked = time.monotonic()
         while not control.cancel.wait(heartbeat_s):
-            if time.monotonic() - heard[0] > HEARTBEAT_MISSES * heartbeat_s:
+            now = time.monotonic()
+            if now - checked > 2 * heartbeat_s:
+                # This process was stopped (a paused or swapped-out engine), not the
+                # client: its pings wait unread in the buffer. Silence counts from now.
+                heard[0] = max(heard[0], now)
+            checked = now
+            if now - heard[0] > HEARTBEAT_MISSES * heartbeat_s:
                 control.cancel.set()
 
     threading.Thread(target=read, name="stream-commands", daemon=True).start()
@@ -153,7 +186,14 @@ def serve_one(channel: Channel, emit: Emitter, control: Control,
               warm: Warm | None = None) -> dict:
     """Reads one run from ``channel`` and runs it, answering through ``emit``;
     returns the ``result`` event. Raises EngineError."""
-    with tempfile.TemporaryDirectory(prefix="nst-stream-") as folder:
+    remove_stale_folders()
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    except OSError as exc:
+        raise bad_input(f"no room for the style images in {tempfile.gettempdir()} "
+                        f"({exc.strerror or exc}); free some space there or set TMPDIR "
+                        "to a folder with room") from None
+    with scratch as folder:
         try:
             job = read_job(channel, Path(folder))
         except EOFError:

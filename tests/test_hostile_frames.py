@@ -1,10 +1,12 @@
 """Hostile frames and files are ``bad_input`` before any allocation: announced sizes
 checked against the shape and the documented ceilings, JSON nesting bounded, a
-style's name taken as a label (never a path), one pixel ceiling for every decoder.
-Driven through ``nst_engine stream`` (the protocol as the service and SSH run it)
-and the command line."""
+style's name taken as a label (never a path), one pixel ceiling for every decoder;
+a full temporary folder is a message, and no copy of a style image outlives its
+engine. Driven through ``nst_engine stream`` (the protocol as the service and SSH
+run it) and the command line."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,14 +37,14 @@ def layer(shape=(36, 48, 3)) -> bytes:
     return np.random.default_rng(0).random(shape, dtype=np.float32).tobytes()
 
 
-def stream(data: bytes, timeout=120) -> tuple[list[dict], float, int]:
+def stream(data: bytes, timeout=120, env=None) -> tuple[list[dict], float, int]:
     """Sends ``data`` to a one-shot ``nst_engine stream`` and keeps its stdin open (a
     closed one cancels) until the last event; the events, the seconds it took and the
     exit code. The last event must be ``error`` or ``result``."""
     began = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "nst_engine", "stream"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, env=env)
     try:
         process.stdin.write(data)
         process.stdin.flush()
@@ -139,3 +141,39 @@ def test_one_pixel_ceiling_for_every_decoder(tmp_path, photo):
                                            "bytes": len(tiff)}) + tiff
     events, _, _ = stream(data)
     assert events[-1]["kind"] == "bad_input" and "safety limit" in events[-1]["message"]
+
+
+def style_run(painting) -> bytes:
+    body = painting.read_bytes()
+    return run_message() + layer() + line({"type": "style", "name": "p.png",
+                                           "bytes": len(body)}) + body
+
+
+def test_a_nearly_full_temporary_folder_is_a_clear_message(tmp_path):
+    """Room for Python's own probe of TMPDIR (a full one it would pass over for /tmp),
+    none for the style image."""
+    from test_failures import fill, tiny_disk
+
+    style = tmp_path / "noise.png"
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(style)
+    with tiny_disk(tmp_path, "1m") as disk:
+        fill(disk, 16 * 1024)
+        events, _, code = stream(style_run(style), env={**os.environ, "TMPDIR": str(disk)})
+    assert events[-1]["kind"] == "bad_input" and code == EXIT_CODES["bad_input"]
+    assert "no room for the style image" in events[-1]["message"]
+    assert "TMPDIR" in events[-1]["message"]
+
+
+def test_scratch_folders_of_dead_engines_are_removed(painting, tmp_path):
+    """A killed service or one-shot engine leaves a copy of a style image behind; the
+    next engine removes it (a live engine's folder stays)."""
+    dead = tmp_path / "nst-stream-999999999-abcd"  # no such process
+    live = tmp_path / f"nst-stream-{os.getpid()}-abcd"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "0-painting.png").write_bytes(painting.read_bytes())
+    events, _, _ = stream(style_run(painting), env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert events[-1]["event"] == "result"
+    assert not dead.exists() and live.exists()
+    assert sorted(tmp_path.glob("nst-stream-*")) == [live]  # its own went with its run

@@ -5,6 +5,7 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 
 import nst_client
 import numpy as np
@@ -192,6 +193,31 @@ def test_internal_error_keeps_the_engine_log_in_the_cache(tmp_path, monkeypatch)
     assert str(logs[-1]) in info.value.message and "boom" in info.value.message
     assert 0 < logs[-1].stat().st_size <= 64 * 1024  # small: the log's end
     assert logs[-1].read_text().endswith("deep trouble\n")
+
+
+def test_a_full_logs_disk_leaves_no_empty_or_half_log_and_rotates(tmp_path, monkeypatch):
+    """On a full disk the message has no log note and nothing is left behind; the
+    oldest log goes first, so the newest fits where an old one was."""
+    from test_failures import fill, tiny_disk
+
+    stderr = tmp_path / "stderr.txt"
+    stderr.write_bytes(b"Traceback: deep trouble\n" * 3000)  # 72 KB: the last 64 KiB kept
+    with tiny_disk(tmp_path, "400k") as disk:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(disk))
+        logs = disk / "nst-gimp" / "logs"
+        for _ in range(5):
+            assert nst_client.keep_log(str(stderr))
+        fill(disk, 0)
+        kept = nst_client.keep_log(str(stderr))  # the oldest made room
+        assert kept and Path(kept).stat().st_size == 64 * 1024
+        assert len(list(logs.glob("engine-*.log"))) == 5
+        for old in sorted(logs.glob("engine-*.log")):
+            old.unlink()
+        (disk / "more").mkdir()
+        fill(disk / "more", 0)  # a second filler: the first stays
+        assert nst_client.keep_log(str(stderr)) is None
+        assert not list(logs.iterdir())  # no empty log, no temporary left
+        assert nst_client.log_note(None) == ""
 
 
 @pytest.mark.parametrize("size", [(100, 100), (1080, 720), (4000, 30), (6000, 4000),

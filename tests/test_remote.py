@@ -129,3 +129,17 @@ def test_unreachable_host_is_a_clear_message(tmp_path, monkeypatch, painting):
         nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, where)
     assert info.value.kind == "connection" and "127.0.0.1" in info.value.message
     assert "ssh" in nst_client.user_message(info.value).lower()
+
+
+def test_an_engine_not_installed_on_the_host_says_so(server, painting):
+    """Not 'stopped unexpectedly: bash: …/python: No such file or directory'."""
+    ssh, plugin = server
+    (plugin / "nst-engine.json").write_text(json.dumps({"python": sys.executable, "remote": {
+        "host": ssh.host, "python": "/nowhere/venv/bin/python"}}))
+    command, where = nst_client.engine_command(plugin)
+    _, raw, shape = layer()
+    with pytest.raises(nst_client.ClientError) as info:
+        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, where)
+    assert info.value.kind == "not_installed"
+    assert f"not installed on {ssh.host}" in info.value.message
+    assert "install.sh" in info.value.message

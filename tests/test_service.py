@@ -276,7 +276,6 @@ def test_a_client_with_other_weights_is_never_served_by_the_first_clients_servic
     without it reaches a service of its own, which finds no weights in its data
     folder, instead of being painted with the first one's random network."""
     _, events = run(painting)
-    first = service_pid(events)
     assert started(events)["weights"] == "random"
     monkeypatch.delenv("NST_WEIGHTS")
     with pytest.raises(nst_client.ClientError) as info:
@@ -284,10 +283,111 @@ def test_a_client_with_other_weights_is_never_served_by_the_first_clients_servic
     assert info.value.kind == "no_weights"
     monkeypatch.setenv("NST_WEIGHTS", "random")  # the first client's world again
     _, again = run(painting)
-    assert service_pid(again) == first
+    assert started(again)["weights"] == "random"
 
 
 def test_the_service_works_in_its_private_folder_not_the_clients(painting):
     _, events = run(painting)
     pid = service_pid(events)
     assert Path(f"/proc/{pid}/cwd").resolve() == socket_path().parent.resolve()
+
+
+def test_a_runtime_folder_open_to_others_is_a_clear_message(tmp_path, monkeypatch):
+    runtime = tmp_path / "run"
+    (runtime / "nst-engine").mkdir(parents=True)
+    (runtime / "nst-engine").chmod(0o755)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    done = subprocess.run([sys.executable, "-m", "nst_engine", "serve"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "not a private folder" in done.stderr
+    assert "internal" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_runtime_folder_too_deep_for_a_socket_path_falls_back_to_tmp(painting, tmp_path,
+                                                                         monkeypatch):
+    """Not every run silently one-shot: the service's socket goes where it fits."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    assert service.runtime_dir() == Path("/tmp") / f"nst-engine-{os.getuid()}"
+    _, first = run(painting)
+    _, second = run(painting)
+    assert service_pid(first) == service_pid(second)  # a warm service served both
+    assert not started(second)["loaded_network"]
+
+
+def test_something_in_the_way_of_the_socket_costs_no_service_start(painting):
+    """A folder where the socket belongs: the run goes one-shot at once, with a note,
+    instead of starting a service that cannot bind (seconds lost, then one-shot)."""
+    path = socket_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir()
+    result, events = run(painting)
+    assert events[-1]["event"] == "result" and result["payload"]
+    assert not (path.parent / "service.log").exists()  # no service was started
+    done = subprocess.run([sys.executable, "-m", "nst_engine", "serve"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "in the way" in done.stderr
+
+
+def test_an_engine_paused_and_resumed_goes_on_with_the_run(painting):
+    """The service stopped for 8 s (SIGSTOP: a paused or swapped-out engine) while the
+    plug-in keeps pinging: on resuming, the pings waiting unread are the client's,
+    not its silence — the run ends with its result, not 'cancelled'."""
+    paused = threading.Event()
+
+    def pause(event):
+        if event["event"] == "progress" and event["progress"].step == 2 \
+                and not paused.is_set():
+            paused.set()
+            pid = pause.pid
+            os.kill(pid, signal.SIGSTOP)
+            threading.Timer(8.0, os.kill, (pid, signal.SIGCONT)).start()
+        elif event["event"] == "started":
+            pause.pid = event["engine_pid"]
+
+    result, events = run(painting, iterations=40, on_event=pause)
+    assert paused.is_set() and events[-1]["event"] == "result"
+    assert result["steps"] == 40
+
+
+def test_the_service_accepts_again_once_descriptors_free_up(painting, tmp_path):
+    """Idle connections up to the descriptor limit used to end the accept loop
+    (EMFILE) and leave the service alive, its socket present, answering nobody."""
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    service_process = subprocess.Popen(
+        [sys.executable, "-m", "nst_engine", "serve", "--idle-timeout", "30"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=low_limit)
+    idle = []
+    try:
+        path = socket_path()
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert time.monotonic() < deadline and service_process.poll() is None
+            time.sleep(0.1)
+        import socket as sockets
+
+        for _ in range(80):  # past the service's 64 descriptors, and its backlog
+            conn = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+            conn.settimeout(1.0)
+            idle.append(conn)
+            try:
+                conn.connect(str(path))
+            except OSError:  # the backlog is full: the service accepts no more
+                break
+        time.sleep(1.0)  # the service's accept loop meets EMFILE meanwhile
+        for conn in idle:
+            conn.close()
+        idle.clear()
+        result, events = run(painting)
+        assert events[-1]["event"] == "result"
+        assert service_pid(events) == service_process.pid
+    finally:
+        for conn in idle:
+            conn.close()
+        service_process.terminate()
+        service_process.wait(timeout=30)

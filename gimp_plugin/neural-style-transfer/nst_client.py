@@ -439,6 +439,11 @@ class EngineRun:
         if self.where != "this computer" and code == 255:  # ssh's own failure
             return ClientError("connection", f"The connection to {self.where} failed or "
                                f"was lost: {tail}")
+        if self.where != "this computer" and code in (126, 127):  # the shell's: no such
+            return ClientError(  # program there, or not one it may run
+                "not_installed", f"The engine is not installed on {self.where} (its Python "
+                f"could not be run there: {tail}). Run ./install.sh on {self.where}, or set "
+                "remote.python in nst-engine.json to the engine's Python there.")
         return ClientError("internal", f"The engine on {self.where} stopped unexpectedly: "
                            f"{tail}" + log_note(keep_log(self.stderr_path)))
 
@@ -504,7 +509,10 @@ def log_folder() -> Path:
 
 def keep_log(stderr_path: str, keep: int = 5, limit: int = 64 * 1024) -> str | None:
     """Copies the engine's stderr (its last ``limit`` bytes) into the user's cache
-    folder, keeping the newest ``keep`` logs; returns the copy's path, or None."""
+    folder, keeping the newest ``keep`` logs; returns the copy's path, or None. The
+    oldest go first (room for the new one on a full disk), and the copy appears
+    whole or not at all: a message never points at a half-written log."""
+    tmp = None
     try:
         folder = log_folder()
         folder.mkdir(parents=True, exist_ok=True)
@@ -512,13 +520,24 @@ def keep_log(stderr_path: str, keep: int = 5, limit: int = 64 * 1024) -> str | N
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - limit))
             data = handle.read()
+        logs = sorted(folder.glob("engine-*.log"))
+        for old in logs[:max(0, len(logs) - (keep - 1))]:
+            old.unlink()
         stamp = time.strftime("%Y%m%d-%H%M%S") + f".{time.time_ns() % 10**9:09d}"
         target = folder / f"engine-{stamp}-{os.getpid()}.log"
-        target.write_bytes(data)
-        for old in sorted(folder.glob("engine-*.log"))[:-keep]:
-            old.unlink()
+        tmp = folder / f".{target.name}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
         return str(target)
     except OSError:
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
         return None
 
 
