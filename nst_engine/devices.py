@@ -112,7 +112,8 @@ def release_memory(device: torch.device) -> None:
 @dataclass(frozen=True)
 class Precision:
     """The precision of the network's pass on a device, and why (shown by
-    ``install.sh --check``). Grams, losses and the pixels are fp32 whatever it is."""
+    ``install.sh --check``). The style targets, ``G − A``, the losses and the pixels
+    are fp32 whatever it is (``losses.py``)."""
 
     name: str  # "fp32" or "bf16"
     reason: str
@@ -173,7 +174,7 @@ def cpu_precision() -> Precision:
     path = _probe_path()
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
-        if kept.get("key") == key:
+        if kept.get("key") == key and kept["precision"]["name"] in ("fp32", "bf16"):
             return Precision(**kept["precision"])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass

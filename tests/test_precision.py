@@ -80,6 +80,11 @@ def test_the_probe_runs_once_per_machine_and_again_after_an_upgrade(probe, monke
     kept.write_text("{not json")  # damaged: measured again, never an error
     devices.cpu_precision.cache_clear()
     assert devices.precision(CPU, "auto").name == "bf16" and runs == [1, 1, 1]
+    record = json.loads(kept.read_text())
+    record["precision"]["name"] = "fp16"  # no precision of ours: measured again
+    kept.write_text(json.dumps(record))
+    devices.cpu_precision.cache_clear()
+    assert devices.precision(CPU, "auto").name == "bf16" and runs == [1, 1, 1, 1]
 
 
 def test_bf16_asked_where_it_would_be_emulated_is_refused(probe, monkeypatch):
