@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .control import Control
-from .errors import bad_input
+from .errors import EngineError, bad_input
 from .images import Picture, load_picture, picture_from_array, picture_to_array
 from .protocol import Job, run_job
 from .settings import Settings
@@ -61,9 +61,7 @@ def read_job(channel: Channel, folder: Path) -> Job:
         try:
             path.write_bytes(data)
         except OSError as exc:  # a full disk, a quota
-            raise bad_input(f"no room for the style image in {folder.parent} "
-                            f"({exc.strerror or exc}); free some space there or set TMPDIR "
-                            "to a folder with room") from None
+            raise _no_room(folder.parent, exc) from None
         styles.append(load_picture(path, "style image"))
     interval = message.get("preview_interval_s", 0)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
@@ -90,6 +88,11 @@ def remove_stale_folders() -> None:
             shutil.rmtree(folder, ignore_errors=True)
         except OSError:
             pass
+
+
+def _no_room(folder: Path, exc: OSError) -> EngineError:
+    return bad_input(f"no room for the style image in {folder} ({exc.strerror or exc}); "
+                     "free some space there or set TMPDIR to a folder with room")
 
 
 def _style_limit(message: dict) -> int:
@@ -190,9 +193,7 @@ def serve_one(channel: Channel, emit: Emitter, control: Control,
     try:
         scratch = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
     except OSError as exc:
-        raise bad_input(f"no room for the style images in {tempfile.gettempdir()} "
-                        f"({exc.strerror or exc}); free some space there or set TMPDIR "
-                        "to a folder with room") from None
+        raise _no_room(Path(tempfile.gettempdir()), exc) from None
     with scratch as folder:
         try:
             job = read_job(channel, Path(folder))

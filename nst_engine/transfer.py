@@ -123,8 +123,9 @@ class StyleTransfer:
         self.settings = settings
         self.warm = warm
         self.device = devices.pick(settings.device)
-        # The VGG pass in bf16 where it is faster (devices.precision); Grams, losses
-        # and the pixels L-BFGS moves stay fp32 (a departure from the paper's fp32).
+        # The VGG pass in bf16 where it is faster (devices.precision); the style
+        # targets, G - A, the losses and the pixels L-BFGS moves stay fp32 (a
+        # departure from the paper's fp32; docs/losses.md).
         self.precision = devices.precision(self.device, settings.precision)
         self.autocast = self.precision.name == "bf16"
         # oneDNN's bf16 kernels on the processor are faster on channels-last tensors
@@ -151,8 +152,8 @@ class StyleTransfer:
         return self.settings.max_size
 
     def features(self, image: torch.Tensor, tap: Tap | None = None) -> dict[str, torch.Tensor]:
-        """VGG activations (see ``VGGFeatures.forward``), under bf16 autocast when the
-        precision is bf16 (Grams and losses stay fp32)."""
+        """VGG activations (see ``VGGFeatures.forward``), under bf16 autocast and
+        channels-last on the processor when the precision is bf16."""
         if self.memory_format is torch.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
