@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench import SHARED
 
-from nst_engine.service import socket_path
+from nst_engine.relay import socket_path
 
 ENGINE = [sys.executable, "-m", "nst_engine"]
 

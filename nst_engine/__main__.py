@@ -1,5 +1,6 @@
-"""``python -m nst_engine`` and the ``nst-engine`` command: signal handling comes first,
-then the command line (which imports torch)."""
+"""``python -m nst_engine`` and the ``nst-engine`` command: signals are held back first,
+then the command runs. ``connect``, what the plug-in runs, goes straight to the relay:
+it must start in milliseconds, without even the command line's imports."""
 
 import sys
 
@@ -8,13 +9,10 @@ from . import stopping
 
 def main() -> int:
     stopping.install()
-    if sys.argv[1:2] == ["connect"]:  # the plug-in's way in: no torch in this process
-        from . import service
+    if sys.argv[1:2] == ["connect"]:
+        from .relay import connect_main
 
-        idle = service.idle_default()
-        if sys.argv[2:3] == ["--idle-timeout"] and len(sys.argv) > 3:
-            idle = float(sys.argv[3])
-        return service.connect(idle)
+        return connect_main(sys.argv[2:])
     from .cli import main as cli_main
 
     return cli_main()

@@ -1,4 +1,4 @@
-"""``python -m nst_engine`` / ``nst-engine``: stylize, weights, run-request.
+"""``python -m nst_engine`` / ``nst-engine``: stylize, weights, stream, serve, connect.
 
 torch is imported only by the commands that paint in this process: ``--help``,
 usage errors, ``weights status`` and a ``stylize`` that a running warm engine
@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, files, service, stopping, weights
+from . import __version__, files, relay, stopping, weights
 from .control import Control
 from .errors import EXIT_CODES, EngineError, cancelled
 from .settings import DEFAULTS, KNOBS, Settings
@@ -104,8 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="normalisation the file expects (a .pth defaults to torchvision)")
     wsub.add_parser("status", help="show which weights are installed and valid")
 
-    r = sub.add_parser("run-request", help="run a plug-in request (docs/protocol.md)")
-    r.add_argument("request", type=Path)
     sub.add_parser("stream", help="run one protocol-3 request from stdin, answering on "
                    "stdout (docs/protocol.md)")
     s = sub.add_parser("serve", help="the warm engine: serve protocol-3 requests on a "
@@ -113,9 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("connect", help="join stdin/stdout to the warm engine, starting it "
                        "when needed (what the plug-in runs, locally or over ssh)")
     for command in (s, c):
-        command.add_argument("--idle-timeout", type=float, default=service.idle_default(),
-                             metavar="S", help="seconds without a request before the "
-                             "service exits (default %(default)s; $NST_SERVICE_IDLE_S)")
+        relay.add_idle_argument(command)
     return parser
 
 
@@ -147,17 +143,18 @@ def _stylize(args, control: Control, emit: Emitter) -> int:
     content = load_picture(args.content, "photo")
     styles = [load_picture(path, "style image") for path in args.styles]
     show = {"bar": _Bar(), "json": emit, "none": lambda event: None}[args.progress]
-    sock = None if args.no_service else service.running()
-    if sock is None:  # this process paints: torch from here on
-        from .protocol import Job, file_deliverer, run_job
+    service = None if args.no_service else relay.running()
+    if service is None:  # this process paints: torch from here on
+        from .jobs import Job, file_deliverer, run_job
 
         run_job(Job(content, styles, settings, file_deliverer(output, save_picture)), show,
                 control)
     else:  # a warm engine is running: no network to load, style targets maybe cached
         from .client import request_over
 
-        with sock:
-            result, picture = request_over(sock, values, content, args.styles, show, control)
+        with service.sock:
+            result, picture = request_over(service, values, content, args.styles, show,
+                                           control)
         save_picture(picture, output)
         show({"event": "result", "path": str(output), "steps": result["steps"],
               "stopped": result["stopped"]})
@@ -213,34 +210,32 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "progress", None) == "auto":
         args.progress = "bar" if sys.stderr.isatty() else "none"
     control = Control()
-    events = args.command in ("run-request", "stream") or getattr(args, "progress", None) == "json"
+    events = args.command == "stream" or getattr(args, "progress", None) == "json"
     emit = Emitter(on_gone=control.cancel.set)
 
     def abort() -> None:  # from stopping, when the run did not stop in time
         files.remove_temporaries()
         _fail(events, emit, cancelled())
 
-    stopping.register(control.cancel.set, abort)
+    stopping.listen(control.cancel.set, abort)
     try:
         if args.command == "stylize":
             return _stylize(args, control, emit)
         if args.command == "weights":
             return _weights(args)
         if args.command == "serve":
-            return service.serve(args.idle_timeout)
-        if args.command == "connect":
-            return service.connect(args.idle_timeout)
-        die_with_parent()
-        from .protocol import job_from_request, run_job, watch_stdin  # torch from here on
-        from .stream import serve_one
+            from .service import serve
 
-        if args.command == "stream":
-            fd = sys.stdin.fileno()
-            serve_one(Channel(functools.partial(os.read, fd),
-                              lambda view: os.readv(fd, [view])), emit, control)
-            return 0
-        watch_stdin(control, stopping.request)
-        run_job(job_from_request(args.request), emit, control)
+            return serve(args.idle_timeout)
+        if args.command == "connect":
+            return relay.connect(args.idle_timeout)
+        die_with_parent()
+        emit.keep_alive()  # from before torch's import, which takes seconds
+        from .stream import serve_one  # torch from here on
+
+        fd = sys.stdin.fileno()
+        serve_one(Channel(functools.partial(os.read, fd), lambda view: os.readv(fd, [view])),
+                  emit, control, on_gone=lambda: emit.closed or stopping.request())
         return 0
     except EngineError as error:
         return _fail(events, emit, error)
@@ -260,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def die_with_parent() -> None:
-    """``run-request`` (Linux): SIGTERM when the parent dies, as the plug-in also asks.
+    """``stream`` (Linux): SIGTERM when the parent dies, as the plug-in also asks.
     ``stylize`` outlives the shell that started it, as commands do."""
     try:
         import ctypes

@@ -17,40 +17,48 @@ import numpy as np
 from .control import Control
 from .errors import EngineError
 from .images import Picture
-from .wire import PROTOCOL, Channel
+from .relay import Reached
+from .wire import PROTOCOL, SILENT_ENGINE_S, Channel
 
 PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the picture's own bytes
 
 
-def request_over(sock, settings: dict, picture: Picture, styles: list[Path],
+def request_over(service: Reached, settings: dict, picture: Picture, styles: list[Path],
                  on_event: Callable[[dict], None], control: Control) -> tuple[dict, Picture]:
     """A client of the service (``nst-engine stylize``): sends the picture's colour as
     float32 and the style files, passes the events on, and returns the ``result``
-    event and the stylised picture (alpha, bit depth and profile are the input's)."""
+    event and the stylised picture (alpha, bit depth and profile are the input's).
+    A service silent for SILENT_ENGINE_S has stopped answering: an error."""
+    sock = service.sock
+    sock.settimeout(SILENT_ENGINE_S)
     color = picture.rgb[..., :1] if picture.gray else picture.rgb
     data = np.ascontiguousarray(color, dtype="<f4")
     run = {"type": "run", "protocol": PROTOCOL, "settings": settings, "styles": len(styles),
            "content": {"shape": list(data.shape), "dtype": "<f4"}, "bytes": data.nbytes}
-    sock.sendall(json.dumps(run).encode() + b"\n" + data.tobytes())
-    for path in styles:
-        body = Path(path).read_bytes()
-        sock.sendall(json.dumps({"type": "style", "name": Path(path).name,
-                                 "bytes": len(body)}).encode() + b"\n" + body)
     stop = threading.Event()
 
     def forward_cancel() -> None:  # Ctrl-C here cancels the run there
         while not stop.wait(0.2):
             if control.cancel.is_set():
-                sock.sendall(b'{"type":"cancel"}\n')
+                try:
+                    sock.sendall(b'{"type":"cancel"}\n')
+                except OSError:
+                    pass
                 return
 
-    threading.Thread(target=forward_cancel, daemon=True).start()
     channel = Channel(sock.recv, sock.recv_into)
+    channel.buffer += service.after  # what came with the greeting
 
     def limit(event: dict) -> int:  # the result is the picture sent; a preview smaller
         return data.nbytes + (0 if event["event"] == "result" else PREVIEW_SLACK)
 
     try:
+        sock.sendall(json.dumps(run).encode() + b"\n" + data.tobytes())
+        for path in styles:
+            body = Path(path).read_bytes()
+            sock.sendall(json.dumps({"type": "style", "name": Path(path).name,
+                                     "bytes": len(body)}).encode() + b"\n" + body)
+        threading.Thread(target=forward_cancel, daemon=True).start()
         while True:
             try:
                 event, payload = channel.read("event", limit)
@@ -65,6 +73,11 @@ def request_over(sock, settings: dict, picture: Picture, styles: list[Path],
                 if picture.gray:
                     rgb = np.repeat(rgb, 3, axis=2)
                 return event, replace(picture, rgb=rgb)
-            on_event(event)
+            if event["event"] != "alive":  # the engine's heartbeat: nothing to show
+                on_event(event)
+    except TimeoutError:
+        raise EngineError("internal", f"the engine service (pid {service.pid}) stopped "
+                          f"answering: nothing for {SILENT_ENGINE_S:.0f} s; the next run "
+                          "starts a fresh one") from None
     finally:
         stop.set()

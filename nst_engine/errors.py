@@ -34,5 +34,7 @@ def bad_input(message: str) -> EngineError:
     return EngineError("bad_input", message)
 
 
-def cancelled() -> EngineError:
-    return EngineError("cancelled", "cancelled; nothing was written")
+def cancelled(why: str = "") -> EngineError:
+    """A run that was cancelled, or ended for ``why`` (its client fell silent…)."""
+    return EngineError("cancelled", f"{why}; nothing was written" if why
+                       else "cancelled; nothing was written")

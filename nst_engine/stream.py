@@ -5,7 +5,7 @@ Framed as ``wire.py`` says (``docs/protocol.md``). The client
 sends a ``run`` message with the layer as float32 (``content``), one ``style``
 message per style image (the file's bytes), then at any time ``finish`` or
 ``cancel``; closing its side cancels. The engine answers with the events of
-``protocol.py``: ``preview`` carries a PNG, ``result`` the float32 array.
+``jobs.py``: ``preview`` carries a PNG, ``result`` the float32 array.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,8 @@ import numpy as np
 from .control import Control
 from .errors import EngineError, bad_input
 from .images import Picture, load_picture, picture_from_array, picture_to_array
-from .protocol import Job, run_job
+from .jobs import Job, run_job
 from .settings import Settings
-from .transfer import Warm
 from .wire import MAX_STYLE_BYTES, PROTOCOL, Channel, Emitter, layer_bytes
 
 HEARTBEAT_MISSES = 3  # silent heartbeats before the run is taken as abandoned
@@ -90,6 +90,16 @@ def remove_stale_folders() -> None:
             pass
 
 
+def open_scratch() -> tempfile.TemporaryDirectory:
+    """A run's own scratch folder for its style files (named for this engine's pid:
+    ``remove_stale_folders``); scratch folders of dead engines are removed first."""
+    remove_stale_folders()
+    try:
+        return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    except OSError as exc:
+        raise _no_room(Path(tempfile.gettempdir()), exc) from None
+
+
 def _no_room(folder: Path, exc: OSError) -> EngineError:
     return bad_input(f"no room for the style image in {folder} ({exc.strerror or exc}); "
                      "free some space there or set TMPDIR to a folder with room")
@@ -149,10 +159,12 @@ def _deliver_png(picture: Picture) -> dict:
     return {"format": "png", "bytes": len(data), "_payload": data}
 
 
-def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0) -> None:
-    """``finish``/``cancel`` messages set the control; the client going away cancels,
-    and so does its silence for ``HEARTBEAT_MISSES`` heartbeats when it promised
-    them (a network that died without closing the connection)."""
+def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0,
+                   on_gone: Callable[[], None] | None = None) -> None:
+    """``finish``/``cancel`` messages set the control; the client going away cancels
+    (or calls ``on_gone``: a one-shot engine also ends itself if one long torch call
+    outlasts the grace), and so does its silence for ``HEARTBEAT_MISSES`` heartbeats
+    when it promised them (a network that died without closing the connection)."""
     heard = [time.monotonic()]
 
     def read() -> None:
@@ -163,10 +175,11 @@ def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0)
                 if message["type"] == "finish":
                     control.finish.set()
                 elif message["type"] == "cancel":
-                    break
+                    control.cancel.set()
+                    return
         except Exception:  # EOF, a broken connection, garbage: the client is gone
             pass
-        control.cancel.set()
+        (on_gone or control.cancel.set)()
 
     def watchdog() -> None:
         checked = time.monotonic()
@@ -178,7 +191,9 @@ def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0)
                 heard[0] = max(heard[0], now)
             checked = now
             if now - heard[0] > HEARTBEAT_MISSES * heartbeat_s:
-                control.cancel.set()
+                control.abandon(f"stopped: the engine heard nothing from its client for "
+                                f"{HEARTBEAT_MISSES * heartbeat_s:.0f} s (was it paused, "
+                                "or the network lost?)")
 
     threading.Thread(target=read, name="stream-commands", daemon=True).start()
     if heartbeat_s > 0:
@@ -186,21 +201,17 @@ def watch_commands(channel: Channel, control: Control, heartbeat_s: float = 0.0)
 
 
 def serve_one(channel: Channel, emit: Emitter, control: Control,
-              warm: Warm | None = None) -> dict:
+              on_gone: Callable[[], None] | None = None) -> dict:
     """Reads one run from ``channel`` and runs it, answering through ``emit``;
-    returns the ``result`` event. Raises EngineError."""
-    remove_stale_folders()
-    try:
-        scratch = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
-    except OSError as exc:
-        raise _no_room(Path(tempfile.gettempdir()), exc) from None
-    with scratch as folder:
+    returns the ``result`` event. Raises EngineError. (The one-shot engine's way;
+    the service reads and runs requests apart, ``service.py``.)"""
+    with open_scratch() as folder:
         try:
             job = read_job(channel, Path(folder))
         except EOFError:
             raise bad_input("the client went away before its request was complete") from None
-        watch_commands(channel, control, channel.heartbeat_s)
+        watch_commands(channel, control, channel.heartbeat_s, on_gone)
         try:
-            return run_job(job, emit, control, warm)
+            return run_job(job, emit, control)
         finally:
             control.cancel.set()  # ends the watchdog

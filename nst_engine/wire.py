@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,23 @@ MAX_LINE = 1 << 20  # a message line; the pixels travel as payloads
 # four float32 channels, 4 GiB. Refused by its announced shape, before any allocation.
 MAX_LAYER_PIXELS = 16384 * 16384
 MAX_STYLE_BYTES = 512 << 20  # a style image file
+
+
+def deadline(seconds: float) -> float:
+    """A deadline of the wire or the service, times ``$NST_DEADLINE_SCALE`` (1 unless a
+    test shortens them all at once)."""
+    try:
+        scale = float(os.environ.get("NST_DEADLINE_SCALE", "1"))
+    except ValueError:
+        scale = 1.0
+    return seconds * scale if scale > 0 else seconds
+
+
+# The engine's side writes an event at least this often, ``alive`` when it has
+# nothing else to say; a client may take SILENT_ENGINE_S without a byte as an
+# engine that stopped (a stopped, hung or swapped-out process: docs/protocol.md).
+ENGINE_HEARTBEAT_S = deadline(2.0)
+SILENT_ENGINE_S = deadline(20.0)
 
 Limit = Callable[[dict], int]  # the most payload bytes a message may announce
 
@@ -140,6 +158,24 @@ class Emitter:
         self.on_gone = on_gone
         self.closed = False
         self.lock = threading.Lock()
+        self.written = time.monotonic()  # when the last event went out
+
+    def keep_alive(self, interval_s: float = ENGINE_HEARTBEAT_S) -> None:
+        """From now until the last event, an ``alive`` event whenever ``interval_s``
+        passes without one: the client can tell a long step from a stopped engine."""
+
+        def beat() -> None:
+            while not self.closed:
+                time.sleep(max(0.01, self.written + interval_s - time.monotonic()))
+                if time.monotonic() - self.written >= interval_s:
+                    self({"event": "alive"})
+
+        threading.Thread(target=beat, name="alive", daemon=True).start()
+
+    def close(self) -> None:
+        """Writes nothing more (the ``alive`` events end too)."""
+        with self.lock:
+            self.closed = True
 
     def __call__(self, event: dict) -> None:
         """Writes the event; a ``_payload`` (bytes-like) follows its line raw, and the
@@ -155,7 +191,8 @@ class Emitter:
                 if len(payload):  # written as it is: no copy of a 384 MB result
                     self.stream.write(payload)
                 self.stream.flush()
-            except (BrokenPipeError, ConnectionError, ValueError):
+                self.written = time.monotonic()
+            except (OSError, ValueError):  # a closed pipe or socket: the reader has gone
                 self.closed = True
                 if self.stream is sys.stdout.buffer:
                     _silence(self.stream)

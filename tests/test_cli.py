@@ -1,7 +1,7 @@
 """The command line and the plug-in protocol, run as real subprocesses."""
 
+import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 from PIL import Image
+from streaming import EngineProcess, request
 
 from nst_engine.errors import EXIT_CODES
 
@@ -76,116 +77,75 @@ def test_sigterm_cancels_and_leaves_no_file(photo, painting, tmp_path):
     assert not out.exists() and list(tmp_path.glob(".out*")) == []
 
 
-def write_request(folder, photo_array, painting, **settings):
-    np.save(folder / "content.npy", photo_array)
-    request = {"protocol": 1, "content": "content.npy", "styles": [str(painting)],
-               "output": "result.npy", "preview_every": 2,
-               "settings": {"max_size": 48, "iterations": 4, "device": "cpu", **settings}}
-    (folder / "request.json").write_text(json.dumps(request))
-    return folder / "request.json"
-
-
-def test_protocol_events_in_order_and_result_array(painting, tmp_path):
-    rng = np.random.default_rng(0)
-    layer = rng.random((40, 52, 4), dtype=np.float32)
-    request = write_request(tmp_path, layer, painting)
-    done = engine("run-request", str(request), stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stdout.splitlines()]
-    kinds = [e["event"] for e in events]
+def test_protocol_events_in_order_and_result_array(painting):
+    layer = np.random.default_rng(0).random((40, 52, 4), dtype=np.float32)
+    run = EngineProcess()
+    run.send(request(painting, layer, {"iterations": 4}, preview_interval_s=0.01))
+    result, code = run.finish()
+    assert code == 0, run.stderr()
+    kinds = [e["event"] for e in run.events]
     assert kinds[0] == "started" and kinds[-1] == "result"
-    steps = [e["step"] for e in events if e["event"] == "progress"]
-    assert steps == [1, 2, 3, 4]
-    assert "preview" in kinds and (tmp_path / "preview.png").exists()
-    result = np.load(tmp_path / "result.npy")
-    assert result.shape == layer.shape and result.dtype == np.float32
-    assert np.array_equal(result[..., 3], layer[..., 3])
+    assert [e["step"] for e in run.events if e["event"] == "progress"] == [1, 2, 3, 4]
+    preview = run.payloads[kinds.index("preview")]
+    with Image.open(io.BytesIO(preview)) as shown:  # a whole PNG of the working image
+        shown.load()
+        assert shown.size == (run.events[kinds.index("preview")]["width"],
+                              run.events[kinds.index("preview")]["height"])
+    array = np.frombuffer(run.payloads[-1], "<f4").reshape(result["shape"])
+    assert array.shape == layer.shape
+    assert np.array_equal(array[..., 3], layer[..., 3])
 
 
-def test_protocol_error_event(tmp_path, painting):
-    request = write_request(tmp_path, np.zeros((4, 4, 3), np.float32), painting)
-    done = engine("run-request", str(request), stdin=subprocess.DEVNULL)
-    event = json.loads(done.stdout.splitlines()[-1])
+def test_protocol_error_event(painting):
+    run = EngineProcess()
+    run.send(request(painting, np.zeros((4, 4, 3), np.float32)))
+    event, code = run.finish()
     assert event["event"] == "error" and event["kind"] == "bad_input"
     assert "16×16" in event["message"]
-    assert done.returncode == EXIT_CODES["bad_input"]
-    assert not (tmp_path / "result.npy").exists()
+    assert code == EXIT_CODES["bad_input"]
 
 
-def test_closing_stdin_cancels_the_engine(painting, tmp_path):
-    request = write_request(tmp_path, np.random.default_rng(0).random((64, 64, 3), np.float32),
-                            painting, iterations=2000, max_size=64)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nst_engine", "run-request", str(request)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ})
-    while json.loads(process.stdout.readline())["event"] != "progress":
-        pass
+def long_run(painting) -> EngineProcess:
+    run = EngineProcess()
+    layer = np.random.default_rng(0).random((64, 64, 3), np.float32)
+    run.send(request(painting, layer, {"iterations": 2000, "max_size": 64},
+                        preview_interval_s=0.2))
+    assert run.until("progress")["event"] == "progress"
+    return run
+
+
+def test_closing_stdin_cancels_the_engine(painting):
+    run = long_run(painting)
     started = time.monotonic()
-    process.stdin.close()  # as when the plug-in dies
-    lines = process.stdout.read().splitlines()
-    assert process.wait(timeout=60) == EXIT_CODES["cancelled"]
+    run.close_stdin()  # as when the plug-in dies
+    event, code = run.finish(timeout=60)
+    assert code == EXIT_CODES["cancelled"] and event["kind"] == "cancelled"
     assert time.monotonic() - started < 30
-    assert json.loads(lines[-1])["kind"] == "cancelled"
-    assert not (tmp_path / "result.npy").exists()
 
 
-def test_protocol_1_request_still_works(painting, tmp_path):
-    """An older plug-in: protocol 1, previews every N steps, stdin never written."""
-    layer = np.random.default_rng(1).random((40, 52, 3), dtype=np.float32)
-    request = write_request(tmp_path, layer, painting)
-    assert json.loads(request.read_text())["protocol"] == 1
-    done = engine("run-request", str(request), stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [e["step"] for e in events if e["event"] == "preview"] == [2]
-    assert events[-1]["event"] == "result" and np.load(tmp_path / "result.npy").shape == (40, 52, 3)
-
-
-def test_finish_on_stdin_ends_early_with_a_valid_result(painting, tmp_path):
+def test_finish_ends_early_with_a_valid_result(painting):
+    run = EngineProcess()
     layer = np.random.default_rng(2).random((60, 64, 4), dtype=np.float32)
-    request = write_request(tmp_path, layer, painting, iterations=2000, max_size=64)
-    data = json.loads(request.read_text())
-    data.update(protocol=2, preview_every=0, preview_interval_s=0.2)
-    request.write_text(json.dumps(data))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nst_engine", "run-request", str(request)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    events = []
-    while True:
-        events.append(json.loads(process.stdout.readline()))
-        if events[-1]["event"] == "progress" and events[-1]["step"] == 5:
-            process.stdin.write("finish\n")
-            process.stdin.flush()
-            break
-    events += [json.loads(line) for line in process.stdout.read().splitlines()]
-    process.stdin.close()
-    assert process.wait(timeout=60) == 0, process.stderr.read()
-    result = events[-1]
-    assert result["event"] == "result" and result["stopped"] == "finished"
-    steps = [e["step"] for e in events if e["event"] == "progress"]
-    assert result["steps"] == len(steps) < 2000 and steps == list(range(1, len(steps) + 1))
-    array = np.load(tmp_path / "result.npy")
-    assert array.shape == layer.shape and np.array_equal(array[..., 3], layer[..., 3])
-    previews = [e for e in events if e["event"] == "preview"]
-    assert previews and [p["step"] for p in previews] == sorted({p["step"] for p in previews})
-    with Image.open(previews[-1]["path"]) as shown:  # a complete PNG, whenever it is read
-        shown.load()
-        assert shown.size == (previews[-1]["width"], previews[-1]["height"])
-
-
-def test_cancel_on_stdin_ends_with_the_cancelled_event(painting, tmp_path):
-    request = write_request(tmp_path, np.zeros((64, 64, 3), np.float32) + 0.5, painting,
-                            iterations=2000, max_size=64)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nst_engine", "run-request", str(request)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while json.loads(process.stdout.readline())["event"] != "progress":
+    run.send(request(painting, layer, {"iterations": 2000, "max_size": 64},
+                        preview_interval_s=0.2))
+    while (event := run.until("progress"))["event"] == "progress" and event["step"] < 5:
         pass
-    process.stdin.write("cancel\n")
-    process.stdin.flush()
-    lines = process.stdout.read().splitlines()
-    assert process.wait(timeout=60) == EXIT_CODES["cancelled"]
-    assert json.loads(lines[-1]) == {"event": "error", "kind": "cancelled",
-                                     "message": "cancelled; nothing was written"}
-    assert not (tmp_path / "result.npy").exists()
+    run.command("finish")
+    result, code = run.finish(timeout=60)
+    assert code == 0, run.stderr()
+    assert result["event"] == "result" and result["stopped"] == "finished"
+    steps = [e["step"] for e in run.events if e["event"] == "progress"]
+    assert result["steps"] == len(steps) < 2000 and steps == list(range(1, len(steps) + 1))
+    array = np.frombuffer(run.payloads[-1], "<f4").reshape(result["shape"])
+    assert array.shape == layer.shape and np.array_equal(array[..., 3], layer[..., 3])
+    previews = [e["step"] for e in run.events if e["event"] == "preview"]
+    assert previews and previews == sorted(set(previews))
+
+
+def test_cancel_ends_with_the_cancelled_event(painting):
+    run = long_run(painting)
+    run.command("cancel")
+    event, code = run.finish(timeout=60)
+    assert code == EXIT_CODES["cancelled"]
+    assert event == {"event": "error", "kind": "cancelled",
+                     "message": "cancelled; nothing was written"}

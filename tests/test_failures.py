@@ -4,7 +4,6 @@ Every protocol case checks that the last event is ``error`` or ``result``.
 """
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
+from streaming import EngineProcess, request
 
 from nst_engine import EngineError, load_picture
 from nst_engine.errors import EXIT_CODES
@@ -28,22 +28,6 @@ ENGINE = [sys.executable, "-m", "nst_engine"]
 def engine(*args, **kwargs):
     return subprocess.run([*ENGINE, *args], capture_output=True, text=True, timeout=300,
                           **kwargs)
-
-
-def last_event(stdout: str) -> dict:
-    event = json.loads(stdout.strip().splitlines()[-1])
-    assert event["event"] in ("error", "result"), event
-    return event
-
-
-def request(folder: Path, painting: Path, layer=None, **fields) -> Path:
-    layer = np.full((64, 64, 3), 0.5, np.float32) if layer is None else layer
-    np.save(folder / "content.npy", layer)
-    settings = {"max_size": 64, "iterations": 3, "device": "cpu", **fields.pop("settings", {})}
-    body = {"protocol": 2, "content": "content.npy", "styles": [str(painting)],
-            "output": "result.npy", "settings": settings, **fields}
-    (folder / "request.json").write_text(json.dumps(body))
-    return folder / "request.json"
 
 
 @contextlib.contextmanager
@@ -89,22 +73,6 @@ def test_full_disk_keeps_the_old_file_and_says_so(painting, tmp_path, name):
         assert sorted(p.name for p in disk.iterdir()) == ["filler", name]
 
 
-def test_full_disk_for_the_result_array(painting, tmp_path):
-    with tiny_disk(tmp_path, "1m") as disk:
-        big = np.random.default_rng(0).random((300, 300, 4), dtype=np.float32)  # 1.4 MB out
-        folder = disk
-        np.save(tmp_path / "content.npy", big)
-        body = {"protocol": 2, "content": str(tmp_path / "content.npy"),
-                "styles": [str(painting)], "output": str(folder / "result.npy"),
-                "settings": {"max_size": 64, "iterations": 2, "device": "cpu"}}
-        (tmp_path / "request.json").write_text(json.dumps(body))
-        done = engine("run-request", str(tmp_path / "request.json"), stdin=subprocess.DEVNULL)
-        event = last_event(done.stdout)
-        assert event["kind"] == "bad_input" and "result" in event["message"]
-        assert done.returncode == EXIT_CODES["bad_input"]
-        assert list(folder.iterdir()) == []
-
-
 # 2. extreme aspect ratios respect max size
 def test_thin_image_is_refused_not_enlarged_past_max_size(tmp_path, painting):
     thin = tmp_path / "thin.png"
@@ -119,38 +87,36 @@ def test_thin_image_is_refused_not_enlarged_past_max_size(tmp_path, painting):
 
 # 3. cancellation is seen within a second or so in every phase, and ends with an event
 @pytest.mark.parametrize("how", ["sigterm", "stdin"])
-def test_cancel_during_a_long_style_gram_pass(painting, tmp_path, how):
+def test_cancel_during_a_long_style_gram_pass(painting, how):
     # the painting enlarged 40× for the style targets: seconds of VGG in one pass
-    path = request(tmp_path, painting, settings={"style_scale": 40.0})
-    process = subprocess.Popen([*ENGINE, "run-request", str(path)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert json.loads(process.stdout.readline())["event"] == "started"
+    run = EngineProcess()
+    run.send(request(painting, np.full((64, 64, 3), 0.5, np.float32),
+                     {"max_size": 64, "iterations": 3, "style_scale": 40.0}))
+    assert run.next_event()["event"] == "started"
     time.sleep(1.0)  # inside the style Grams now
     asked = time.monotonic()
     if how == "sigterm":
-        process.send_signal(signal.SIGTERM)
+        run.process.send_signal(signal.SIGTERM)
     else:
-        process.stdin.close()
-    out = process.stdout.read()
-    code = process.wait(timeout=60)
+        run.close_stdin()
+    event, code = run.finish(timeout=60)
     assert time.monotonic() - asked < 4.0
-    assert code == EXIT_CODES["cancelled"]
-    assert last_event(out)["kind"] == "cancelled"
-    assert "Traceback" not in process.stderr.read()
-    assert not (tmp_path / "result.npy").exists()
+    assert code == EXIT_CODES["cancelled"] and event["kind"] == "cancelled"
+    assert [e["event"] for e in run.events] == ["started", "error"]  # no step was made
+    assert "Traceback" not in run.stderr()
 
 
 # 4. signals while torch is still being imported
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_during_start_up(painting, tmp_path, signum):
-    path = request(tmp_path, painting)
-    process = subprocess.Popen([*ENGINE, "run-request", str(path)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_signal_during_start_up(painting, signum):
+    run = EngineProcess()
+    run.send(request(painting, np.full((64, 64, 3), 0.5, np.float32)))
     time.sleep(0.3)
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == EXIT_CODES["cancelled"], err
-    assert last_event(out)["kind"] == "cancelled"
+    run.process.send_signal(signum)
+    event, code = run.finish(timeout=60)
+    err = run.stderr()
+    assert code == EXIT_CODES["cancelled"], err
+    assert event["kind"] == "cancelled"
     assert "Traceback" not in err and "cancelled" in err
 
 
@@ -185,14 +151,11 @@ def test_bad_numbers_on_the_command_line(photo, painting, tmp_path, args, words)
 
 
 @pytest.mark.parametrize("field", ["style_weight", "tv_weight", "learning_rate"])
-def test_nan_settings_in_a_request(painting, tmp_path, field):
-    path = tmp_path / "request.json"
-    request(tmp_path, painting)
-    body = json.loads(path.read_text())
-    path.write_text(json.dumps(body).replace('"device": "cpu"',
-                                             f'"device": "cpu", "{field}": NaN'))
-    done = engine("run-request", str(path), stdin=subprocess.DEVNULL)
-    event = last_event(done.stdout)
+def test_nan_settings_in_a_request(painting, field):
+    data = request(painting, np.full((64, 64, 3), 0.5, np.float32))
+    run = EngineProcess()
+    run.send(data.replace(b'"device": "cpu"', f'"device": "cpu", "{field}": NaN'.encode(), 1))
+    event, _ = run.finish()
     assert event["kind"] == "bad_input" and field in event["message"]
 
 
@@ -227,15 +190,6 @@ def test_corrupt_weights_say_how_to_get_them_again(photo, painting, tmp_path):
 
 
 # 9. system failures are classified, and found before the work
-def test_read_only_output_folder_is_refused_before_working(painting, tmp_path):
-    with tiny_disk(tmp_path, "1m", ",ro") as read_only:  # read-only even for root
-        path = request(tmp_path, painting, output=str(read_only / "result.npy"))
-        done = engine("run-request", str(path), stdin=subprocess.DEVNULL)
-    event = last_event(done.stdout)
-    assert event["kind"] == "bad_input" and "cannot write" in event["message"]
-    assert '"progress"' not in done.stdout and '"started"' not in done.stdout
-
-
 def test_weights_import_onto_a_full_disk(tmp_path):
     source = tmp_path / "vgg.pth"
     from nst_engine.layers import FEATURE_SHAPES
@@ -247,18 +201,6 @@ def test_weights_import_onto_a_full_disk(tmp_path):
         assert done.returncode == EXIT_CODES["bad_input"], done.stderr
         assert "disk" in done.stderr and "internal" not in done.stderr
         assert list(disk.iterdir()) == []
-
-
-def test_huge_array_header_is_bad_input(painting, tmp_path):
-    path = request(tmp_path, painting)
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 4), }"
-    header += " " * (118 - len(header)) + "\n"
-    (tmp_path / "content.npy").write_bytes(b"\x93NUMPY\x01\x00" + bytes([len(header), 0])
-                                           + header.encode() + b"\0" * 64)
-    done = engine("run-request", str(path), stdin=subprocess.DEVNULL)
-    event = last_event(done.stdout)
-    assert event["kind"] in ("bad_input", "out_of_memory"), event
-    assert "internal" not in event["message"]
 
 
 # 10. smaller ones
@@ -287,14 +229,18 @@ def test_running_out_of_memory_loading_a_style_is_out_of_memory(painting, monkey
     assert info.value.kind == "out_of_memory" and "too large" in info.value.message
 
 
-def test_run_request_ends_with_its_parent(painting, tmp_path):
-    """run-request asks for a parent-death signal (stylize does not: docs/protocol.md)."""
-    path = request(tmp_path, painting, settings={"iterations": 5000, "max_size": 256},
-                   layer=np.full((260, 300, 3), 0.5, np.float32))
+def test_a_stream_engine_ends_with_its_parent(painting, tmp_path):
+    """``stream`` asks for a parent-death signal (stylize does not: docs/protocol.md)."""
+    fifo = tmp_path / "stdin"
+    os.mkfifo(fifo)
     parent = subprocess.Popen(
-        ["sh", "-c", f'{sys.executable} -m nst_engine run-request "$1" < /dev/zero '
-         '> "$2" 2>/dev/null & echo $!; wait', "sh", str(path), str(tmp_path / "events")],
+        ["sh", "-c", f'{sys.executable} -m nst_engine stream < "$1" > "$2" 2>/dev/null & '
+         'echo $!; wait', "sh", str(fifo), str(tmp_path / "events")],
         stdout=subprocess.PIPE, text=True)
+    writer = open(fifo, "wb")  # held open: only its parent's death may end the engine
+    writer.write(request(painting, np.full((260, 300, 3), 0.5, np.float32),
+                         {"iterations": 5000, "max_size": 256}))
+    writer.flush()
     child = int(parent.stdout.readline())
     try:
         deadline = time.monotonic() + 60
@@ -315,4 +261,5 @@ def test_run_request_ends_with_its_parent(painting, tmp_path):
         parent.kill()
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
-    assert last_event((tmp_path / "events").read_text())["kind"] == "cancelled"
+        writer.close()
+    assert b'"kind":"cancelled"' in (tmp_path / "events").read_bytes().splitlines()[-1]

@@ -15,26 +15,11 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from streaming import EngineProcess, layer, line, run_message
 
 from nst_engine.errors import EXIT_CODES
 from nst_engine.stream import style_label
 from nst_engine.wire import MAX_LAYER_PIXELS, MAX_STYLE_BYTES
-
-SETTINGS = {"max_size": 48, "iterations": 2, "device": "cpu"}
-
-
-def line(message: dict) -> bytes:
-    return json.dumps(message).encode() + b"\n"
-
-
-def run_message(shape=(36, 48, 3), nbytes=None, **extra) -> bytes:
-    size = 4 * shape[0] * shape[1] * shape[2] if nbytes is None else nbytes
-    return line({"type": "run", "protocol": 3, "settings": SETTINGS, "styles": 1,
-                 "content": {"shape": list(shape), "dtype": "<f4"}, "bytes": size, **extra})
-
-
-def layer(shape=(36, 48, 3)) -> bytes:
-    return np.random.default_rng(0).random(shape, dtype=np.float32).tobytes()
 
 
 def stream(data: bytes, timeout=120, env=None) -> tuple[list[dict], float, int]:
@@ -42,27 +27,10 @@ def stream(data: bytes, timeout=120, env=None) -> tuple[list[dict], float, int]:
     closed one cancels) until the last event; the events, the seconds it took and the
     exit code. The last event must be ``error`` or ``result``."""
     began = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "nst_engine", "stream"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=env)
-    try:
-        process.stdin.write(data)
-        process.stdin.flush()
-    except BrokenPipeError:  # it refused the message before reading the rest
-        pass
-    events = []
-    while (head := process.stdout.readline()) and \
-            (not events or events[-1]["event"] not in ("error", "result")):
-        events.append(json.loads(head))
-        process.stdout.read(events[-1].get("bytes", 0))
-    try:
-        process.stdin.close()
-    except BrokenPipeError:
-        pass
-    code = process.wait(timeout=timeout)
-    stderr = process.stderr.read().decode(errors="replace")
-    assert events and events[-1]["event"] in ("error", "result"), stderr
-    return events, time.monotonic() - began, code
+    engine = EngineProcess(env=env)
+    engine.send(data)
+    _, code = engine.finish(timeout)
+    return engine.events, time.monotonic() - began, code
 
 
 def refused(data: bytes, words: str) -> None:

@@ -89,7 +89,8 @@ def test_run_engine_reports_progress_and_result(painting):
         LOCAL, settings(**{"style-strength": 0.5, "iterations": 3, "max-size": 64}), raw,
         shape, str(painting), seen.append)
     steps = [e["progress"].step for e in seen if e["event"] == "progress"]
-    assert steps == [1, 2, 3] and seen[0]["event"] in ("started", "queued")
+    told = [e["event"] for e in seen if e["event"] != "alive"]  # alive: any time
+    assert steps == [1, 2, 3] and told[0] in ("started", "queued")
     assert tuple(result["shape"]) == shape and result["steps"] == 3
     back = np.frombuffer(result["payload"], np.float32).reshape(shape)
     assert np.array_equal(back[..., 3], data[..., 3])  # alpha bit for bit
@@ -420,3 +421,45 @@ def test_a_calibration_that_is_not_a_regular_file_is_not_read(tmp_path):
     assert nst_client.load_calibration(path) is None  # at once, not waiting for a writer
     nst_client.save_calibration(path, dict(VALID_CALIBRATION))
     assert nst_client.load_calibration(path) == VALID_CALIBRATION
+
+
+def test_the_plugins_silence_bounds_are_the_engines():
+    from nst_engine import stream, wire
+
+    assert nst_client.SILENT_ENGINE_S == wire.SILENT_ENGINE_S
+    # The engine's own heartbeat comes well within what the plug-in waits for.
+    assert wire.ENGINE_HEARTBEAT_S * 5 <= nst_client.SILENT_ENGINE_S
+    assert stream.HEARTBEAT_MISSES * nst_client.HEARTBEAT_S < nst_client.SILENT_ENGINE_S
+
+
+def test_a_silent_engine_is_given_up_but_a_stopped_plugin_is_not(tmp_path, monkeypatch):
+    """Nothing from the engine for SILENT_ENGINE_S: the run ends with 'stopped
+    answering' and the engine process is ended. A long gap between two looks is the
+    plug-in's own stop (GIMP paused): the silence counts from then."""
+    silent = tmp_path / "silent.py"
+    silent.write_text("import time\ntime.sleep(60)\n")
+    clock = [1000.0]
+    monkeypatch.setattr(nst_client.time, "monotonic", lambda: clock[0])
+    run = nst_client.EngineRun([sys.executable, str(silent)])
+    try:
+        for _ in range(8):  # looked at every 2 s: nothing for 16 s is not yet silence
+            clock[0] += 2.0
+            assert not run.given_up()
+        clock[0] += 60.0  # this process was stopped for a minute: not the engine's fault
+        assert not run.given_up()
+        clock[0] += 2.0
+        assert not run.given_up()
+        for _ in range(10):
+            clock[0] += 2.0
+            if run.given_up():
+                break
+        assert run.error is not None and run.error.kind == "engine_silent"
+        assert clock[0] - 1076.0 > nst_client.SILENT_ENGINE_S  # counted from the stop
+        assert "stopped answering" in nst_client.user_message(run.error)
+        assert run.process.wait(timeout=10) != 0  # ended, not left running
+        with pytest.raises(nst_client.ClientError) as info:
+            run.outcome()
+        assert info.value.kind == "engine_silent"
+    finally:
+        if run.process.poll() is None:
+            run.process.kill()

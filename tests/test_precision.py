@@ -195,7 +195,7 @@ def test_weights_status_knows_checked_weights_by_their_hash(tmp_path):
 
 
 def wait_for_service(process, seconds=60) -> Path:
-    from nst_engine.service import socket_path
+    from nst_engine.relay import socket_path
 
     path = socket_path(Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine")
     deadline = time.monotonic() + seconds

@@ -18,7 +18,7 @@ import nst_client
 import numpy as np
 import pytest
 
-from nst_engine import service
+from nst_engine import relay
 
 CONNECT = [sys.executable, "-m", "nst_engine", "connect"]
 SETTINGS = {"style_strength": 0.5, "iterations": 4, "max_size": 64, "preserve_colors": False,
@@ -44,7 +44,7 @@ def started(events):
 
 
 def socket_path() -> Path:
-    return service.socket_path(Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine")
+    return relay.socket_path(Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine")
 
 
 def service_pid(events) -> int:
@@ -151,20 +151,6 @@ def test_another_user_cannot_use_the_socket(painting, monkeypatch):
     shutil.rmtree(runtime, ignore_errors=True)
 
 
-def test_the_old_file_protocol_still_runs_beside_it(painting, tmp_path):
-    """run-request (protocol 1 and 2) stays for plug-ins of earlier versions."""
-    np.save(tmp_path / "content.npy", np.full((40, 40, 3), 0.5, np.float32))
-    (tmp_path / "request.json").write_text(json.dumps({
-        "protocol": 1, "content": "content.npy", "styles": [str(painting)],
-        "output": "result.npy", "settings": {"max_size": 64, "iterations": 2,
-                                             "device": "cpu"}}))
-    done = subprocess.run([sys.executable, "-m", "nst_engine", "run-request",
-                           str(tmp_path / "request.json")], capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "result.npy").exists()
-
-
 def test_unreachable_runtime_folder_runs_one_shot(painting, monkeypatch, tmp_path):
     bad = tmp_path / "shared-run"
     (bad / "nst-engine").mkdir(parents=True, mode=0o777)
@@ -196,8 +182,8 @@ def test_a_silent_client_is_taken_as_gone(painting):
             started = time.monotonic()
         if event["event"] in ("result", "error"):
             break
-    assert event == {"event": "error", "kind": "cancelled",
-                     "message": "cancelled; nothing was written"}
+    assert event["kind"] == "cancelled" and "heard nothing from its client" in event["message"]
+    assert "cancelled" not in event["message"]  # nobody cancelled it
     assert time.monotonic() - started < 10
     process.stdin.close()
     process.wait(timeout=30)
@@ -232,7 +218,7 @@ def test_stylize_uses_a_running_service_unless_told_not_to(photo, painting, tmp_
 
 
 def test_the_relay_gives_its_pipes_the_largest_buffer(tmp_path):
-    from nst_engine.service import widen_pipe
+    from nst_engine.relay import widen_pipe
 
     limit = Path("/proc/sys/fs/pipe-max-size")
     if not limit.exists():
@@ -309,7 +295,7 @@ def test_a_runtime_folder_too_deep_for_a_socket_path_falls_back_to_tmp(painting,
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True, mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-    assert service.runtime_dir() == Path("/tmp") / f"nst-engine-{os.getuid()}"
+    assert relay.runtime_dir() == Path("/tmp") / f"nst-engine-{os.getuid()}"
     _, first = run(painting)
     _, second = run(painting)
     assert service_pid(first) == service_pid(second)  # a warm service served both

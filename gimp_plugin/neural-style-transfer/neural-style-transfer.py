@@ -304,6 +304,8 @@ class RunWindow:
     def on_tick(self):
         elapsed = time.monotonic() - self.started
         self.labels["elapsed"].set_text(nst_client.format_eta(elapsed))
+        if self.run_.given_up():  # its output ends now: on_output ends the window
+            self.status.set_text("The engine stopped answering.")
         return self.run_.process.poll() is None
 
     def on_keep(self, button):

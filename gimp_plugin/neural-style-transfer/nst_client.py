@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -25,12 +26,30 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-STREAM_PROTOCOL = 3  # docs/protocol.md; the engine also still reads files (1, 2)
+STREAM_PROTOCOL = 3  # docs/protocol.md
 PAYLOAD_CHUNK = 16 << 20  # bytes of a payload read at once (the run window stays live)
 PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the layer's own bytes
 CONFIG_NAME = "nst-engine.json"  # written by install.sh next to the plug-in
 REMOTE_PYTHON = ".local/share/nst-engine/venv/bin/python"  # install.sh's, from the home
-HEARTBEAT_S = 2.0  # the engine cancels after three missed pings
+
+
+def _deadline(seconds: float) -> float:
+    """As the engine's ``wire.deadline``: times ``$NST_DEADLINE_SCALE`` (tests)."""
+    try:
+        scale = float(os.environ.get("NST_DEADLINE_SCALE", "1"))
+    except ValueError:
+        scale = 1.0
+    return seconds * scale if scale > 0 else seconds
+
+
+HEARTBEAT_S = _deadline(2.0)  # the engine stops a run after three missed pings
+# The engine writes at least an ``alive`` event every 2 s; this long without a byte
+# from it, it has stopped answering (wire.SILENT_ENGINE_S).
+SILENT_ENGINE_S = _deadline(20.0)
+# Longer than this between two looks at the engine, and it was this process that did
+# not run (a stopped or hung GIMP): the engine's silence is counted from now.
+SELF_STOPPED_S = _deadline(5.0)
+LOOK_S = 0.5  # how often a run without a window looks for the engine's silence
 TEMP_PREFIX = "nst-gimp-"
 # Set by GIMP's bundled Python and harmful to a different interpreter.
 DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "GI_TYPELIB_PATH", "LD_LIBRARY_PATH")
@@ -47,6 +66,8 @@ HINTS = {
     "internal": "Run 'install.sh --check'; if it reports no problem, please report this.",
     "connection": "Check that 'ssh HOST' logs in without a password prompt, and that "
     "install.sh ran on that machine; 'install.sh --check' tests the connection.",
+    "engine_silent": "The next run starts the engine afresh; if this happens again, "
+    "'install.sh --check' tells whether the engine works.",
 }
 
 
@@ -242,6 +263,7 @@ class EngineRun:
         # The result is the layer sent, a preview smaller: nothing larger is made room for.
         self.most_payload = 0
         self._writing = threading.RLock()  # a signal handler may send while held
+        self._heard = self._looked = time.monotonic()  # the engine's last byte; our last look
         self.folder = make_workdir()
         self.stderr_path = os.path.join(self.folder, "engine-stderr.txt")
         try:
@@ -306,16 +328,45 @@ class EngineRun:
             chunk = os.read(self.stdout_fd, 1 << 20)
             self._buffer += chunk
             count = len(chunk)
+        if count:
+            self._heard = time.monotonic()
         while self._next():
             pass
         return bool(count) and not self._unholdable
 
+    def given_up(self) -> bool:
+        """True when the engine has said nothing for SILENT_ENGINE_S (a stopped, hung
+        or lost engine): the run ends with that message, and its process is ended. A
+        long gap since the last look means that this process did not run (a stopped
+        GIMP): the engine's silence counts from now, and what it said meanwhile is
+        read first."""
+        now = time.monotonic()
+        if now - self._looked > SELF_STOPPED_S:
+            self._heard = max(self._heard, now)
+        self._looked = now
+        if self.result is not None or self.error is not None \
+                or now - self._heard <= SILENT_ENGINE_S:
+            return False
+        self.error = ClientError(
+            "engine_silent", f"The engine on {self.where} stopped answering: nothing from "
+            f"it for {SILENT_ENGINE_S:.0f} s. Nothing was added to the image.")
+        self.process.kill()
+        return True
+
     def read_to_end(self) -> dict:
         """Reads every event, blocking (runs without a window), and returns
-        :meth:`outcome`; an engine left running by an error here is stopped."""
+        :meth:`outcome`; an engine left running by an error here is stopped, and one
+        that falls silent is given up (:meth:`given_up`)."""
         try:
-            while self.read_available():
-                pass
+            while True:
+                if os.name == "posix":  # pipes can be waited on with a timeout
+                    ready, _, _ = select.select([self.stdout_fd], [], [], LOOK_S)
+                    if not ready:
+                        if self.given_up():
+                            break
+                        continue
+                if not self.read_available():
+                    break
         finally:
             if self.process.poll() is None and self.result is None:
                 self.stop()
