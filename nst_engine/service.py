@@ -24,11 +24,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .control import Control
 from .errors import EngineError, bad_input
 from .relay import LOG_LIMIT, Stopped, in_the_way, reach, runtime_dir, socket_path
 from .wire import Channel, Emitter, deadline, error_event
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 MAX_CONNECTIONS = 32  # greeted, being read, queued or running
 # A request's lines must arrive within REQUEST_S, and its payloads at SLOWEST_RATE
@@ -72,7 +76,7 @@ class Ticket:
     conn: socket.socket
     emit: Emitter
     control: Control
-    job: object  # jobs.Job
+    job: Job
     scratch: tempfile.TemporaryDirectory  # the request's style files
 
     def close(self) -> None:
@@ -112,19 +116,21 @@ def serve(idle_s: float) -> int:
                      name="accept", daemon=True).start()
     warm = Warm()
     log.info("listening on %s", path)
-    wait = max(idle_s, FIRST_WAIT_S)
+    wait, ending = max(idle_s, FIRST_WAIT_S), False
     try:
         while True:
             try:
-                ticket = waiting.get(timeout=wait)
+                ticket = waiting.get(timeout=UNLINK_GRACE_S if ending else wait)
                 wait = idle_s
             except queue.Empty:
                 # Unlink first: new clients then start a new service, and the ones that
-                # connected just before (in the listen backlog) are still served here.
-                if _owns(path, inode):
-                    path.unlink()
-                time.sleep(UNLINK_GRACE_S)
-                if waiting.empty() and not slots.count:
+                # connected just before (in the listen backlog, or still sending their
+                # request) are still served here; then the service ends.
+                if not ending:
+                    if _owns(path, inode):
+                        path.unlink()
+                    ending = True
+                elif waiting.empty() and not slots.count:
                     log.info("idle, exiting")
                     return 0
                 continue
