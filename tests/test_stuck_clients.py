@@ -17,12 +17,13 @@ import nst_client
 import numpy as np
 import pytest
 from streaming import EngineProcess, request
+from test_service import SETTINGS, run, socket_path
+from test_service import service_pid as engine_pid
 
 from nst_engine import relay
 from nst_engine.service import MAX_CONNECTIONS
 
 CONNECT = [sys.executable, "-m", "nst_engine", "connect"]
-SETTINGS = {"iterations": 4, "max_size": 64, "device": "cpu", "seed": 0}
 PLUGIN = Path(__file__).resolve().parent.parent / "gimp_plugin" / "neural-style-transfer"
 
 
@@ -30,28 +31,6 @@ PLUGIN = Path(__file__).resolve().parent.parent / "gimp_plugin" / "neural-style-
 def short_deadlines(monkeypatch):
     """Deadlines a tenth as long for the service and relays these tests start."""
     monkeypatch.setenv("NST_DEADLINE_SCALE", "0.1")  # requests 3 s, writes 3 s, greeting 0.5 s
-
-
-def run(painting, iterations=4, on_event=None):
-    data = np.random.default_rng(0).random((50, 60, 3), dtype=np.float32)
-    events = []
-
-    def record(event):
-        events.append(event)
-        if on_event:
-            on_event(event)
-
-    result = nst_client.run_engine(CONNECT, {**SETTINGS, "iterations": iterations},
-                                   data.tobytes(), data.shape, str(painting), record)
-    return result, events
-
-
-def engine_pid(events) -> int:
-    return next(e for e in events if e["event"] == "started")["engine_pid"]
-
-
-def socket_path() -> Path:
-    return relay.socket_path(Path(os.environ["XDG_RUNTIME_DIR"]) / "nst-engine")
 
 
 def greeted(path: Path) -> socket.socket:
