@@ -127,8 +127,10 @@ install_plugin() {  # profile-dir, launcher-json
   mkdir -p "$plugins"
   staging=$(mktemp -d "$plugins/.$PLUGIN.XXXXXX")
   cp "$SRC/gimp_plugin/$PLUGIN/"*.py "$staging/"
-  chmod 755 "$staging" "$staging/$PLUGIN.py"
-  chmod 644 "$staging/nst_client.py"
+  mkdir "$staging/nst_contract"  # the rules the plug-in shares with the engine
+  cp "$SRC/nst_contract/"*.py "$staging/nst_contract/"
+  chmod 755 "$staging" "$staging/$PLUGIN.py" "$staging/nst_contract"
+  chmod 644 "$staging/nst_client.py" "$staging/nst_contract/"*.py
   local old=""
   [ -f "$plugins/$PLUGIN/nst-engine.json" ] && old=$(cat "$plugins/$PLUGIN/nst-engine.json")
   rm -rf "${plugins:?}/$PLUGIN"

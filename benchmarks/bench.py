@@ -23,8 +23,8 @@ import reference
 import torch
 from PIL import Image
 
+from nst_contract.plan import lbfgs_history, plan_scales
 from nst_engine import Settings, StyleTransfer, load_picture, weights
-from nst_engine.planning import lbfgs_history, plan_scales
 from nst_engine.transfer import resize, to_tensor
 
 HERE = Path(__file__).resolve().parent

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nst_contract.layers import LAYER_NAMES
+from nst_contract.plan import Scale
 from nst_engine import Picture, Settings, StyleTransfer
-from nst_engine.layers import LAYER_NAMES
-from nst_engine.planning import Scale
 from nst_engine.transfer import resize, to_array, to_tensor
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's figure for the H200 SXM, dense

@@ -8,9 +8,11 @@ from importlib import import_module
 
 __version__ = "0.2.0"
 _PUBLIC = {
-    "EngineError": "errors", "Picture": "images", "load_picture": "images",
-    "save_picture": "images", "Settings": "settings", "Control": "control",
-    "Iterate": "transfer", "Result": "transfer", "StyleTransfer": "transfer",
+    "EngineError": "nst_contract.errors", "Settings": "nst_contract.knobs",
+    "Picture": "nst_engine.images", "load_picture": "nst_engine.images",
+    "save_picture": "nst_engine.images", "Control": "nst_engine.control",
+    "Iterate": "nst_engine.transfer", "Result": "nst_engine.transfer",
+    "StyleTransfer": "nst_engine.transfer",
 }
 __all__ = sorted(_PUBLIC)
 
@@ -18,4 +20,4 @@ __all__ = sorted(_PUBLIC)
 def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'nst_engine' has no attribute {name!r}")
-    return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    return getattr(import_module(_PUBLIC[name]), name)

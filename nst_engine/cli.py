@@ -15,11 +15,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from nst_contract.errors import EXIT_CODES, EngineError, cancelled
+from nst_contract.knobs import DEFAULTS, KNOBS, Settings
+from nst_contract.wire import Channel, Emitter, error_event
+
 from . import __version__, files, relay, stopping, weights
 from .control import Control
-from .errors import EXIT_CODES, EngineError, cancelled
-from .settings import DEFAULTS, KNOBS, Settings
-from .wire import Channel, Emitter, error_event
 
 PROG = "nst-engine"
 GROUPS = {"look": "the look", "quality": "quality and speed",

@@ -6,7 +6,6 @@ events and writes the result, and the service does the painting.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nst_contract.errors import EngineError
+from nst_contract.wire import PROTOCOL, SILENT_ENGINE_S, Channel, encode
+
 from .control import Control
-from .errors import EngineError
 from .images import Picture
 from .relay import Reached
-from .wire import PROTOCOL, SILENT_ENGINE_S, Channel
 
 PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the picture's own bytes
 
@@ -41,7 +41,7 @@ def request_over(service: Reached, settings: dict, picture: Picture, styles: lis
         while not stop.wait(0.2):
             if control.cancel.is_set():
                 try:
-                    sock.sendall(b'{"type":"cancel"}\n')
+                    sock.sendall(encode({"type": "cancel"}))
                 except OSError:
                     pass
                 return
@@ -53,11 +53,11 @@ def request_over(service: Reached, settings: dict, picture: Picture, styles: lis
         return data.nbytes + (0 if event["event"] == "result" else PREVIEW_SLACK)
 
     try:
-        sock.sendall(json.dumps(run).encode() + b"\n" + data.tobytes())
+        sock.sendall(encode(run) + data.tobytes())
         for path in styles:
             body = Path(path).read_bytes()
-            sock.sendall(json.dumps({"type": "style", "name": Path(path).name,
-                                     "bytes": len(body)}).encode() + b"\n" + body)
+            sock.sendall(encode({"type": "style", "name": Path(path).name,
+                                 "bytes": len(body)}) + body)
         threading.Thread(target=forward_cancel, daemon=True).start()
         while True:
             try:

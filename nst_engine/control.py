@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from .errors import cancelled
+from nst_contract.errors import cancelled
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import bad_input
+from nst_contract.errors import bad_input
 
 CPU_FIXED_BYTES = 1.0e9  # importing torch and holding the network, on the CPU
 CUDA_SHARE = 0.8  # of the GPU memory available to the engine

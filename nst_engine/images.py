@@ -21,7 +21,8 @@ import png
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from .errors import EngineError, bad_input
+from nst_contract.errors import EngineError, bad_input
+
 from .files import atomic_path
 
 MIN_SIDE = 16

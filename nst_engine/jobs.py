@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nst_contract.knobs import Settings
+
 from .control import Control
 from .images import Picture
-from .settings import Settings
 from .transfer import Iterate, StyleTransfer, Warm, to_array
 
 Emit = Callable[[dict], None]

@@ -20,8 +20,9 @@ import threading
 import time
 from pathlib import Path
 
+from nst_contract.wire import ENGINE_HEARTBEAT_S, SILENT_ENGINE_S, deadline
+
 from . import stopping
-from .wire import ENGINE_HEARTBEAT_S, SILENT_ENGINE_S, deadline
 
 # What decides the network and the data a run uses: a client whose values differ
 # reaches a service of its own (``socket_path``), never one started with other weights.

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nst_contract.errors import EngineError, bad_input
+from nst_contract.wire import Channel, Emitter, deadline, error_event
+
 from .control import Control
-from .errors import EngineError, bad_input
 from .relay import LOG_LIMIT, Stopped, in_the_way, reach, runtime_dir, socket_path
-from .wire import Channel, Emitter, deadline, error_event
 
 if TYPE_CHECKING:
     from .jobs import Job

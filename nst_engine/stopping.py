@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from .errors import EXIT_CODES
+from nst_contract.errors import EXIT_CODES
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 1.5  # for the current torch operation to end and the run to say "cancelled"

@@ -20,14 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
+from nst_contract.errors import EngineError, bad_input
+from nst_contract.knobs import Settings
+from nst_contract.wire import (
+    HEARTBEAT_MISSES,
+    MAX_STYLE_BYTES,
+    PROTOCOL,
+    Channel,
+    Emitter,
+    layer_bytes,
+)
+
 from .control import Control
-from .errors import EngineError, bad_input
 from .images import Picture, load_picture, picture_from_array, picture_to_array
 from .jobs import Job, run_job
-from .settings import Settings
-from .wire import MAX_STYLE_BYTES, PROTOCOL, Channel, Emitter, layer_bytes
-
-HEARTBEAT_MISSES = 3  # silent heartbeats before the run is taken as abandoned
 
 
 def read_job(channel: Channel, folder: Path) -> Job:

@@ -19,15 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import devices, enlarging, planning, weights
+from nst_contract import plan
+from nst_contract.errors import EngineError, bad_input
+from nst_contract.knobs import MIN_WORK_SIDE, Settings
+from nst_contract.layers import stride
+from nst_contract.plan import Scale, Tile
+
+from . import blending, devices, enlarging, weights
 from .control import Control
 from .enlarging import resize
-from .errors import EngineError, bad_input
 from .images import Picture, as_tensor, keep_colors, load_picture, luminance
-from .layers import stride
 from .losses import Objective, blended_grams
-from .planning import Scale, Tile
-from .settings import MIN_WORK_SIDE, Settings
 from .vgg import Tap, VGGFeatures
 
 CONVERGE_MIN_STEPS = 30  # top-scale steps before the convergence rule may stop a run ...
@@ -148,7 +150,7 @@ class StyleTransfer:
     @property
     def max_size(self) -> int:
         if self.settings.auto_size:
-            return planning.auto_max_size(self.device.type)
+            return plan.auto_max_size(self.device.type)
         return self.settings.max_size
 
     def features(self, image: torch.Tensor, tap: Tap | None = None) -> dict[str, torch.Tensor]:
@@ -161,16 +163,16 @@ class StyleTransfer:
 
     def work_budget(self, pixels: int) -> float:
         budget = devices.memory_budget(self.device, self.settings.memory_budget)
-        return planning.work_budget(budget, devices.fixed_bytes(self.device), pixels)
+        return plan.work_budget(budget, devices.fixed_bytes(self.device), pixels)
 
     def plan(self, width: int, height: int) -> list[Scale]:
         """The scales, each split into overlapping tiles when it would not fit the budget."""
         s = self.settings
-        scales = planning.plan_scales(width, height, self.max_size, s.iterations)
+        scales = plan.plan_scales(width, height, self.max_size, s.iterations)
         if s.refines(self.device.type):
-            scales = planning.plan_detail(scales, width, height,
+            scales = plan.plan_detail(scales, width, height,
                                           s.refinement_steps(self.device.type))
-        return planning.tile_scales(scales, self.work_budget(width * height))
+        return plan.tile_scales(scales, self.work_budget(width * height))
 
     def style_grams(self, styles: Sequence[torch.Tensor], side: float, budget: float,
                     control: Control | None = None, keys: Sequence[str] = (),
@@ -210,8 +212,8 @@ class StyleTransfer:
         """
         layers = self.settings.style_layers
         height, width = image.shape[-2:]
-        rows = planning.strip_rows(width, budget)
-        margin = planning.STRIP_MARGIN
+        rows = plan.strip_rows(width, budget)
+        margin = plan.STRIP_MARGIN
         sums = {name: 0.0 for name in layers}
         positions = dict.fromkeys(layers, 0)
         with torch.no_grad():
@@ -368,7 +370,7 @@ class _Run:
         if lbfgs:
             optimizer = torch.optim.LBFGS(
                 [region], lr=1.0, max_iter=1,
-                history_size=planning.lbfgs_history(region.numel()),
+                history_size=plan.lbfgs_history(region.numel()),
                 line_search_fn="strong_wolfe",
             )
         else:
@@ -426,7 +428,7 @@ class _Run:
             region.clamp_(0, 1)  # the range penalty leaves at most tiny excursions
         if not scale.tiles:
             return region.detach()
-        weight = planning.blend_ramp(tile, scale.tiles, engine.device)
+        weight = blending.blend_ramp(tile, scale.tiles, engine.device)
         with torch.no_grad():
             old = image[..., y0:y1, x0:x1]
             image[..., y0:y1, x0:x1] = weight * region + (1 - weight) * old

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from .layers import LAYER_NAMES
+from nst_contract.layers import LAYER_NAMES
 
 Tap = Callable[[str, torch.Tensor], torch.Tensor]
 

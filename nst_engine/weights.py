@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import EngineError, bad_input
+from nst_contract.errors import EngineError, bad_input
+from nst_contract.layers import FEATURE_SHAPES, LAYER_NAMES
+
 from .files import atomic_path
-from .layers import FEATURE_SHAPES, LAYER_NAMES
 
 if TYPE_CHECKING:
     import torch

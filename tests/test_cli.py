@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from streaming import EngineProcess, request
 
-from nst_engine.errors import EXIT_CODES
+from nst_contract.errors import EXIT_CODES
 
 FAST = ["--max-size", "48", "--iterations", "3", "--device", "cpu"]
 

@@ -6,10 +6,10 @@ import torch
 from conftest import real_weights_dir
 from test_tiling import assert_no_seams, structured_photo
 
+from nst_contract.plan import BYTES_PER_PIXEL
 from nst_engine import EngineError, Settings, StyleTransfer, enlarging, load_picture
 from nst_engine.enlarging import enlarge, resize
 from nst_engine.images import Picture
-from nst_engine.planning import BYTES_PER_PIXEL
 from nst_engine.transfer import Control, to_tensor
 
 CPU = torch.device("cpu")

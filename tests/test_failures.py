@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from streaming import EngineProcess, request
 
+from nst_contract.errors import EXIT_CODES
 from nst_engine import EngineError, load_picture
-from nst_engine.errors import EXIT_CODES
 
 FAST = ["--max-size", "48", "--iterations", "3", "--device", "cpu"]
 ENGINE = [sys.executable, "-m", "nst_engine"]
@@ -192,7 +192,7 @@ def test_corrupt_weights_say_how_to_get_them_again(photo, painting, tmp_path):
 # 9. system failures are classified, and found before the work
 def test_weights_import_onto_a_full_disk(tmp_path):
     source = tmp_path / "vgg.pth"
-    from nst_engine.layers import FEATURE_SHAPES
+    from nst_contract.layers import FEATURE_SHAPES
 
     torch.save({k: torch.zeros(s) for k, s in FEATURE_SHAPES.items()}, source)
     with tiny_disk(tmp_path, "1m") as disk:

@@ -230,22 +230,24 @@ def test_procedure_is_registered_in_the_filters_menu(results):
                                      "preserve-colors", "seed", "detail", "device"]
 
 
-def test_argument_defaults_and_ranges_are_the_engines(results):
-    """The plug-in's arguments carry the engine's defaults and ranges (nst_engine.settings)."""
-    from nst_engine.settings import AUTO_SIZE, DEFAULTS, KNOBS
+def test_the_arguments_are_the_engines_knobs(results):
+    """Declared in GIMP from the shared knobs (nst_contract.knobs): each argument's
+    name, default, range, choices and help are its knob's, in the plug-in's order."""
+    import nst_client
+    from nst_contract.knobs import KNOBS
 
-    arguments = get(results, "registration")["defaults"]
-    for name, spec in arguments.items():
-        if name not in ("style-strength", "iterations", "max-size", "preserve-colors", "seed",
-                        "detail", "device"):
-            continue
-        key = name.replace("-", "_")
-        default = DEFAULTS[key] if key != "max_size" else AUTO_SIZE
-        assert spec["default"] == default, name
-        if "min" in spec:
-            assert (spec["min"], spec["max"]) == (KNOBS[key]["min"], KNOBS[key]["max"]), name
-    assert {"style-strength", "iterations", "max-size", "seed", "detail", "device"} <= set(
-        arguments)
+    declared = get(results, "registration")["defaults"]
+    names = [nst_client.argument_name(knob) for knob in nst_client.ARGUMENT_KNOBS]
+    assert get(results, "registration")["arguments"][-len(names):] == names
+    for knob, name in zip(nst_client.ARGUMENT_KNOBS, names):
+        spec, meta = declared[name], KNOBS[knob]
+        assert spec["default"] == nst_client.argument_default(knob), name
+        assert spec["help"].lower() == meta["help"].lower(), name
+        assert spec["label"], name
+        if meta["kind"] in (int, float) and not meta["choices"]:
+            assert (spec["min"], spec["max"]) == (meta["min"], meta["max"]), name
+        assert spec.get("choices") == (list(meta["choices"]) if meta["choices"] else None), \
+            name
 
 
 def test_new_layer_above_source_with_offsets_alpha_and_name(results):

@@ -17,9 +17,9 @@ import tifffile
 from PIL import Image
 from streaming import EngineProcess, layer, line, run_message
 
-from nst_engine.errors import EXIT_CODES
+from nst_contract.errors import EXIT_CODES
+from nst_contract.wire import MAX_LAYER_PIXELS, MAX_STYLE_BYTES
 from nst_engine.stream import style_label
-from nst_engine.wire import MAX_LAYER_PIXELS, MAX_STYLE_BYTES
 
 
 def stream(data: bytes, timeout=120, env=None) -> tuple[list[dict], float, int]:

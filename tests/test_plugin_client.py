@@ -38,6 +38,10 @@ def test_arguments_map_onto_engine_settings_by_name():
 
     Settings.from_dict(settings())  # the engine accepts exactly these
     assert Settings.from_dict(settings(**{"max-size": 0})).auto_size  # 0: automatic
+    # The argument defaults are the engine's, max size's "automatic" as 0.
+    defaults = nst_client.settings_from_config(
+        lambda name: nst_client.argument_default(name.replace("-", "_")))
+    assert Settings.from_dict(defaults) == Settings(max_size=0)
 
 
 def test_engine_command_from_config_override_and_remote(tmp_path, monkeypatch):
@@ -221,19 +225,21 @@ def test_a_full_logs_disk_leaves_no_empty_or_half_log_and_rotates(tmp_path, monk
         assert nst_client.log_note(None) == ""
 
 
-@pytest.mark.parametrize("size", [(100, 100), (1080, 720), (4000, 30), (6000, 4000),
-                                  (130, 129), (5000, 5000)])
-@pytest.mark.parametrize("max_size", [64, 256, 512, 1024, 6000])
-@pytest.mark.parametrize("iterations", [1, 3, 10, 200, 5000])
-def test_the_estimates_plan_is_the_engines(size, max_size, iterations):
-    from nst_engine import EngineError
-    from nst_engine.planning import plan_scales
-
-    try:
-        engine = [(s.width, s.height, s.steps) for s in plan_scales(*size, max_size, iterations)]
-    except EngineError:
-        return  # too thin for this max size: the engine refuses, nothing to estimate
-    assert nst_client.plan_sizes(*size, max_size, iterations) == engine
+@pytest.mark.parametrize("size, changes, words", [
+    ((4000, 30), {"max-size": 512}, "too thin for a max size of 512"),
+    ((4000, 30), {"max-size": 0}, "too thin for a max size of 512"),  # automatic, CPU
+    ((1000, 1000), {"max-size": 20}, "at least 32 pixels"),
+])
+def test_the_dialog_says_which_runs_the_engine_would_refuse(size, changes, words):
+    """The estimate plans with the engine's own rules, so a run the engine would
+    refuse is its message in the dialog, with or without a calibration — never an
+    estimate for a run that cannot start."""
+    for calibration in (None, VALID_CALIBRATION):
+        with pytest.raises(nst_client.ClientError) as info:
+            nst_client.estimate_seconds(calibration, *size, settings(**changes))
+        assert info.value.kind == "bad_input" and words in info.value.message
+    assert nst_client.estimate_seconds(VALID_CALIBRATION, 4000, 30,
+                                       settings(**{"max-size": 8000})) > 0
 
 
 def test_speed_log_calibrates_and_estimates(tmp_path):
@@ -306,13 +312,12 @@ def test_estimate_counts_the_refinement_at_full_size(tmp_path):
     settings = {"max_size": 128, "iterations": 10}
     working = nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "working"})
     full = nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "full"})
-    steps = nst_client.DETAIL_STEPS["cpu"]
+    from nst_contract.knobs import DETAIL_STEPS
+
+    steps = DETAIL_STEPS["cpu"]
     assert full - working == pytest.approx(steps * 6.0)
     assert nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "auto"}) \
         == working  # automatic: no refinement on the processor
-    from nst_engine.settings import DETAIL_STEPS
-
-    assert nst_client.DETAIL_STEPS == DETAIL_STEPS
 
 
 def test_a_run_in_another_precision_starts_the_calibration_afresh(tmp_path):
@@ -421,15 +426,6 @@ def test_a_calibration_that_is_not_a_regular_file_is_not_read(tmp_path):
     assert nst_client.load_calibration(path) is None  # at once, not waiting for a writer
     nst_client.save_calibration(path, dict(VALID_CALIBRATION))
     assert nst_client.load_calibration(path) == VALID_CALIBRATION
-
-
-def test_the_plugins_silence_bounds_are_the_engines():
-    from nst_engine import stream, wire
-
-    assert nst_client.SILENT_ENGINE_S == wire.SILENT_ENGINE_S
-    # The engine's own heartbeat comes well within what the plug-in waits for.
-    assert wire.ENGINE_HEARTBEAT_S * 5 <= nst_client.SILENT_ENGINE_S
-    assert stream.HEARTBEAT_MISSES * nst_client.HEARTBEAT_S < nst_client.SILENT_ENGINE_S
 
 
 def test_a_silent_engine_is_given_up_but_a_stopped_plugin_is_not(tmp_path, monkeypatch):

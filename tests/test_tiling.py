@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import real_weights_dir
 
+from nst_contract.plan import tile_grid, tile_overlap
 from nst_engine import EngineError, Settings, StyleTransfer, load_picture
+from nst_engine.blending import blend_ramp
 from nst_engine.images import Picture
-from nst_engine.planning import blend_ramp, tile_grid, tile_overlap
 from nst_engine.transfer import to_tensor
 
 

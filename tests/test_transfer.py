@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from nst_contract.knobs import style_weight_for
+from nst_contract.plan import lbfgs_history, plan_scales
 from nst_engine import Control, EngineError, Settings, StyleTransfer, load_picture
 from nst_engine.images import Picture, luminance
 from nst_engine.losses import gram_matrix
-from nst_engine.planning import lbfgs_history, plan_scales
-from nst_engine.settings import style_weight_for
 from nst_engine.transfer import to_tensor
 
 
@@ -263,7 +263,7 @@ def test_cuda_budget_counts_torch_s_cache_and_the_network_once(monkeypatch):
     # free 10 GB + 5.5 GB cached by torch, 80 % of that, plus the 0.5 GB already held
     assert budget == pytest.approx(0.8 * 15.5 * gb + 0.5 * gb)
     assert devices.fixed_bytes(cuda) == 0.5 * gb  # the network, counted once
-    from nst_engine.planning import work_budget
+    from nst_contract.plan import work_budget
 
     assert work_budget(budget, devices.fixed_bytes(cuda), 0) == pytest.approx(0.8 * 15.5 * gb)
 

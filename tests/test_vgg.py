@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from nst_contract.layers import FEATURE_SHAPES, LAYER_NAMES
 from nst_engine import weights
-from nst_engine.layers import FEATURE_SHAPES, LAYER_NAMES
 from nst_engine.vgg import (
     MaxPool,
     Normalize,

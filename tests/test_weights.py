@@ -11,8 +11,8 @@ from functools import partial
 import pytest
 import torch
 
+from nst_contract.layers import FEATURE_SHAPES, LAYER_NAMES
 from nst_engine import EngineError, weights
-from nst_engine.layers import FEATURE_SHAPES, LAYER_NAMES
 
 
 def fake_features(value=0.01):

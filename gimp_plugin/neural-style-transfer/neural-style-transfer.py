@@ -27,17 +27,24 @@ import nst_client  # noqa: E402
 PROC_NAME = "python-fu-neural-style-transfer"
 CALIBRATION = os.path.join(PLUGIN_DIR, "nst-calibration.json")
 PREVIEW_INTERVAL_S = 2.0  # a fresh picture at least this often, and at every scale's end
-DETAILS = (
-    ("auto", "Automatic (full size on a GPU)"),
-    ("working", "Working size, enlarged (fast)"),
-    ("full", "Refine at full size (sharp at 100 %)"),
-)
-DEVICES = (
-    ("auto", "Automatic (GPU if available)"),
-    ("cuda", "NVIDIA GPU (CUDA)"),
-    ("mps", "Apple GPU (Metal)"),
-    ("cpu", "Processor (CPU)"),
-)
+# How the dialog names the knobs it shows (nst_client.ARGUMENT_KNOBS) and their choices;
+# everything else about an argument is the knob's (nst_contract.knobs).
+LABELS = {
+    "style_strength": "Style stre_ngth",
+    "iterations": "It_erations",
+    "max_size": "_Max size (0 = automatic)",
+    "preserve_colors": "_Keep the photo's colours",
+    "seed": "See_d",
+    "detail": "De_tail",
+    "device": "De_vice",
+}
+CHOICE_LABELS = {
+    "detail": {"auto": "Automatic (full size on a GPU)",
+               "working": "Working size, enlarged (fast)",
+               "full": "Refine at full size (sharp at 100 %)"},
+    "device": {"auto": "Automatic (GPU if available)", "cuda": "NVIDIA GPU (CUDA)",
+               "mps": "Apple GPU (Metal)", "cpu": "Processor (CPU)"},
+}
 
 
 class Failure(Exception):
@@ -377,7 +384,11 @@ def show_dialog(procedure, config, image, drawables):
             estimate.set_text("")
             return
         settings = nst_client.settings_from_config(config.get_property)
-        seconds = nst_client.estimate_seconds(calibration, width, height, settings)
+        try:
+            seconds = nst_client.estimate_seconds(calibration, width, height, settings)
+        except nst_client.ClientError as refused:  # the engine would refuse this run
+            estimate.set_text(refused.message)
+            return
         estimate.set_text(nst_client.format_estimate(
             seconds, calibration and calibration.get("device")))
 
@@ -387,6 +398,29 @@ def show_dialog(procedure, config, image, drawables):
     accepted = dialog.run()
     dialog.destroy()
     return accepted
+
+
+def add_knob_argument(procedure, knob):
+    """Declares the argument of engine knob ``knob`` with the knob's own default,
+    range, choices and help text (``nst_contract.knobs``)."""
+    meta = nst_client.KNOBS[knob]
+    name, label = nst_client.argument_name(knob), LABELS[knob]
+    default = nst_client.argument_default(knob)
+    help_text = meta["help"][:1].upper() + meta["help"][1:]
+    flags = GObject.ParamFlags.READWRITE
+    if meta["choices"]:
+        choice = Gimp.Choice.new()
+        for index, nick in enumerate(meta["choices"]):
+            choice.add(nick, index, CHOICE_LABELS[knob][nick], "")
+        procedure.add_choice_argument(name, label, help_text, choice, default, flags)
+    elif meta["kind"] is bool:
+        procedure.add_boolean_argument(name, label, help_text, default, flags)
+    elif meta["kind"] is int:
+        procedure.add_int_argument(name, label, help_text, meta["min"], meta["max"], default,
+                                   flags)
+    else:
+        procedure.add_double_argument(name, label, help_text, meta["min"], meta["max"],
+                                      default, flags)
 
 
 class NeuralStyleTransfer(Gimp.PlugIn):
@@ -414,39 +448,8 @@ class NeuralStyleTransfer(Gimp.PlugIn):
         procedure.add_file_argument(
             "style-file", "Style _image", "The painting whose style is applied",
             Gimp.FileChooserAction.OPEN, False, None, flags)
-        procedure.add_double_argument(
-            "style-strength", "Style stre_ngth",
-            "0 keeps the photo nearly unchanged, 1 lets the painting take over",
-            0.0, 1.0, 0.5, flags)
-        procedure.add_int_argument(
-            "iterations", "It_erations",
-            "Steps at most; the run stops earlier once the picture no longer changes",
-            1, 5000, 200, flags)
-        procedure.add_int_argument(
-            "max-size", "_Max size (0 = automatic)",
-            "Longest side (pixels) at which the style is worked out; 0 = automatic "
-            "(512 on the processor, 1024 on a GPU). Larger shows finer detail but needs "
-            "more time and memory", 0, 16384, 0, flags)
-        procedure.add_boolean_argument(
-            "preserve-colors", "_Keep the photo's colours",
-            "Take only the painting's textures, not its colours", False, flags)
-        procedure.add_int_argument(
-            "seed", "See_d",
-            "Seed for anything random; on the processor a run repeats exactly", 0,
-            2147483647, 0, flags)
-        details = Gimp.Choice.new()
-        for index, (nick, label) in enumerate(DETAILS):
-            details.add(nick, index, label, "")
-        procedure.add_choice_argument(
-            "detail", "De_tail",
-            "After the working size: enlarge the result (fast), or refine it at the layer's "
-            "full size so that it is sharp at 100 % (takes longer; automatic: on a GPU)",
-            details, "auto", flags)
-        devices = Gimp.Choice.new()
-        for index, (nick, label) in enumerate(DEVICES):
-            devices.add(nick, index, label, "")
-        procedure.add_choice_argument(
-            "device", "De_vice", "Where to compute", devices, "auto", flags)
+        for knob in nst_client.ARGUMENT_KNOBS:
+            add_knob_argument(procedure, knob)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, data):

@@ -4,7 +4,8 @@ GIMP's bundled Python has neither torch nor numpy. This module finds the engine
 (this computer's, or one reached over SSH), runs ``nst_engine connect`` — which
 joins the warm engine service — sends it the layer's float32 pixels and the style
 file, and turns its events (with their payloads) into callbacks. It also measures
-each run for the dialog's time estimates.
+each run for the dialog's time estimates. The knobs, the plan and the wire are the
+engine's own (``nst_contract``, which install.sh puts beside this file).
 """
 
 from __future__ import annotations
@@ -26,29 +27,25 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-STREAM_PROTOCOL = 3  # docs/protocol.md
+from nst_contract import plan
+from nst_contract.errors import EngineError
+from nst_contract.knobs import AUTO_SIZE, DEFAULTS, KNOBS, Settings
+from nst_contract.wire import (
+    CLIENT_HEARTBEAT_S,
+    PROTOCOL,
+    SILENT_ENGINE_S,
+    deadline,
+    encode,
+    parse_message,
+)
+
 PAYLOAD_CHUNK = 16 << 20  # bytes of a payload read at once (the run window stays live)
 PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the layer's own bytes
 CONFIG_NAME = "nst-engine.json"  # written by install.sh next to the plug-in
 REMOTE_PYTHON = ".local/share/nst-engine/venv/bin/python"  # install.sh's, from the home
-
-
-def _deadline(seconds: float) -> float:
-    """As the engine's ``wire.deadline``: times ``$NST_DEADLINE_SCALE`` (tests)."""
-    try:
-        scale = float(os.environ.get("NST_DEADLINE_SCALE", "1"))
-    except ValueError:
-        scale = 1.0
-    return seconds * scale if scale > 0 else seconds
-
-
-HEARTBEAT_S = _deadline(2.0)  # the engine stops a run after three missed pings
-# The engine writes at least an ``alive`` event every 2 s; this long without a byte
-# from it, it has stopped answering (wire.SILENT_ENGINE_S).
-SILENT_ENGINE_S = _deadline(20.0)
 # Longer than this between two looks at the engine, and it was this process that did
 # not run (a stopped or hung GIMP): the engine's silence is counted from now.
-SELF_STOPPED_S = _deadline(5.0)
+SELF_STOPPED_S = deadline(5.0)
 LOOK_S = 0.5  # how often a run without a window looks for the engine's silence
 TEMP_PREFIX = "nst-gimp-"
 # Set by GIMP's bundled Python and harmful to a different interpreter.
@@ -212,12 +209,28 @@ def make_workdir(base: str | None = None) -> str:
     return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=base)
 
 
+# The knobs the procedure has as arguments, in their order; each argument is named
+# for its knob (``style-strength`` for ``style_strength``) and takes its default,
+# range, choices and help from ``nst_contract.knobs``.
+ARGUMENT_KNOBS = ("style_strength", "iterations", "max_size", "preserve_colors", "seed",
+                  "detail", "device")
+
+
+def argument_name(knob: str) -> str:
+    return knob.replace("_", "-")
+
+
+def argument_default(knob: str):
+    """The knob's default as an argument: GIMP has no empty int, so an automatic
+    working size is its own value, 0."""
+    default = DEFAULTS[knob]
+    return AUTO_SIZE if default is None and knob == "max_size" else default
+
+
 def settings_from_config(value_of) -> dict:
-    """Engine settings from the procedure's arguments, read by name (``value_of(name)``),
-    as docs/protocol.md maps them: ``style-strength`` → ``style_strength``, …"""
-    kinds = {"style-strength": float, "iterations": int, "max-size": int,
-             "preserve-colors": bool, "seed": int, "detail": str, "device": str}
-    return {name.replace("-", "_"): kind(value_of(name)) for name, kind in kinds.items()}
+    """Engine settings from the procedure's arguments, read by name (``value_of(name)``)."""
+    return {knob: KNOBS[knob]["kind"](value_of(argument_name(knob)))
+            for knob in ARGUMENT_KNOBS}
 
 
 def _die_with_parent() -> None:
@@ -294,16 +307,16 @@ class EngineRun:
             swapped.byteswap()
             content = swapped.tobytes()
         self.most_payload = len(content) + PREVIEW_SLACK
-        run = {"type": "run", "protocol": STREAM_PROTOCOL, "settings": settings,
+        run = {"type": "run", "protocol": PROTOCOL, "settings": settings,
                "preview_interval_s": preview_interval_s, "styles": 1,
-               "heartbeat_s": HEARTBEAT_S,
+               "heartbeat_s": CLIENT_HEARTBEAT_S,
                "content": {"shape": list(shape), "dtype": "<f4"}, "bytes": len(content)}
         name = os.path.basename(style_path)
         try:
             with self._writing:
-                self.process.stdin.write(_line(run))
+                self.process.stdin.write(encode(run))
                 self.process.stdin.write(content)  # not joined: no copy of the layer
-                self.process.stdin.write(_line({"type": "style", "name": name,
+                self.process.stdin.write(encode({"type": "style", "name": name,
                                                 "bytes": len(style)}) + style)
                 self.process.stdin.flush()
         except (OSError, ValueError):
@@ -311,10 +324,10 @@ class EngineRun:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
 
     def _heartbeat(self) -> None:
-        """A ``ping`` every HEARTBEAT_S while the engine runs: over SSH, the far end
-        cancels a run whose client falls silent (a dead network)."""
+        """A ``ping`` every CLIENT_HEARTBEAT_S while the engine runs: over SSH, the far
+        end cancels a run whose client falls silent (a dead network)."""
         while self.process.poll() is None and self.send("ping"):
-            time.sleep(HEARTBEAT_S)
+            time.sleep(CLIENT_HEARTBEAT_S)
 
     def read_available(self) -> bool:
         """Reads what the engine has written (one read) and handles every whole
@@ -429,7 +442,7 @@ class EngineRun:
         the engine has gone."""
         try:
             with self._writing:
-                self.process.stdin.write(_line({"type": command}))
+                self.process.stdin.write(encode({"type": command}))
                 self.process.stdin.flush()
             return True
         except (OSError, ValueError):
@@ -508,10 +521,6 @@ def _read_into(fd: int, view: memoryview) -> int:
     return len(data)
 
 
-def _line(message: dict) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
 def _array_ok(result: dict) -> bool:
     shape = result.get("shape")
     payload = result.get("payload", b"")
@@ -527,10 +536,8 @@ def parse_event(raw: bytes) -> dict | None:
     """A protocol event, or None for anything else (garbage, a non-object, a progress
     event without its numbers)."""
     try:
-        event = json.loads(raw)
-    except (ValueError, RecursionError):  # garbage, or nesting too deep to parse
-        return None
-    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        event = parse_message(raw, "event")
+    except EngineError:  # garbage, a non-object, nesting too deep to parse
         return None
     if event["event"] == "progress":
         try:
@@ -595,43 +602,6 @@ def keep_log(stderr_path: str, keep: int = 5, limit: int = 64 * 1024) -> str | N
 def log_note(path: str | None) -> str:
     return f"\n\nThe engine's log is saved in {path}; please attach it to a report." if path \
         else ""
-
-
-MIN_SCALE_SIDE = 128  # as nst_engine.planning
-MIN_WORK_SIDE = 32
-
-
-def plan_sizes(width: int, height: int, max_size: int, iterations: int) -> list[tuple]:
-    """The engine's coarse-to-fine plan, ``[(w, h, steps), …]`` (the same arithmetic as
-    ``nst_engine.planning.plan_scales``; a test keeps the two equal), for estimates."""
-    longest = max(width, height)
-    sides = [min(max_size, longest)]
-    while sides[-1] / 2 >= MIN_SCALE_SIDE:
-        sides.append(sides[-1] / 2)
-    iterations = max(1, iterations)
-    sides = sides[:iterations][::-1]
-    extra = iterations - len(sides)
-    steps = [1 + extra * 2**i // (2 ** len(sides) - 1) for i in range(len(sides) - 1)]
-    steps.append(iterations - sum(steps))
-    sizes = []
-    for side, count in zip(sides, steps):
-        factor = side / longest
-        factor = max(factor, MIN_WORK_SIDE / min(width, height)) if factor < 1 else factor
-        sizes.append((max(1, round(width * factor)), max(1, round(height * factor)), count))
-    return sizes
-
-
-def auto_max_size(device: str) -> int:
-    """The engine's automatic working size (``nst_engine.planning.auto_max_size``)."""
-    return 512 if device == "cpu" else 1024
-
-
-DETAIL_STEPS = {"cpu": 10, "cuda": 30, "mps": 30}  # as nst_engine.settings.DETAIL_STEPS
-
-
-def refines(detail: str, device: str) -> bool:
-    """Whether a run ends with the refinement at full size (``Settings.refines``)."""
-    return detail == "full" or (detail == "auto" and device != "cpu")
 
 
 class SpeedLog:
@@ -799,27 +769,42 @@ DEFAULT_TOP_FRACTION = 1.0
 DETAIL_OVERLAP = 1.3
 
 
+def planned_run(width: int, height: int, settings: dict, device: str):
+    """The engine's own plan of a run of ``settings`` on ``device``: its settings and
+    working scales (the refinement at full size comes after them). A run the engine
+    would refuse (a setting out of range, an image too thin for its max size) is the
+    engine's message, as ClientError ``bad_input``."""
+    try:
+        knobs = Settings.from_dict(settings)
+        max_size = knobs.max_size or plan.auto_max_size(device)
+        return knobs, plan.plan_scales(width, height, max_size, knobs.iterations)
+    except EngineError as error:
+        raise ClientError(error.kind, error.message[:1].upper() + error.message[1:] + ".") \
+            from None
+
+
 def estimate_seconds(calibration: dict | None, width: int, height: int,
                      settings: dict) -> float | None:
-    """Seconds a run of these settings should take here, or None before the first run."""
+    """Seconds a run of these settings should take here, or None before the first run;
+    ClientError for a run the engine would refuse (:func:`planned_run`)."""
+    device = (calibration or {}).get("device") or \
+        ("cpu" if settings.get("device", "auto") in ("auto", "cpu") else settings["device"])
+    knobs, scales = planned_run(width, height, settings, device)
     if not calibration:
         return None
-    max_size = settings["max_size"] or auto_max_size(calibration["device"])
-    sizes = plan_sizes(width, height, max_size, settings["iterations"])
-    top_side = max(sizes[-1][:2])
+    top = scales[-1]
     fractions = calibration.get("top_fractions") or {}
-    fraction = fractions.get(str(top_side), DEFAULT_TOP_FRACTION)
+    fraction = fractions.get(str(max(top.width, top.height)), DEFAULT_TOP_FRACTION)
     seconds = float(calibration["startup_s"])
-    for index, (w, h, steps) in enumerate(sizes):
-        if index == len(sizes) - 1:
-            steps = max(1, steps * min(1.0, fraction))
-        per_step = calibration["step_s"] + calibration["step_s_per_megapixel"] * w * h / 1e6
+    for scale in scales:
+        steps = max(1, scale.steps * min(1.0, fraction)) if scale is top else scale.steps
+        per_step = calibration["step_s"] + \
+            calibration["step_s_per_megapixel"] * scale.width * scale.height / 1e6
         seconds += steps * per_step
-    device = calibration["device"]
-    if refines(settings.get("detail", "auto"), device) and sizes[-1][:2] != (width, height):
+    if knobs.refines(device) and (top.width, top.height) != (width, height):
         rate = calibration.get("detail_s_per_megapixel_step") or \
             DETAIL_OVERLAP * calibration["step_s_per_megapixel"]
-        seconds += DETAIL_STEPS.get(device, DETAIL_STEPS["cuda"]) * width * height / 1e6 * rate
+        seconds += knobs.refinement_steps(device) * width * height / 1e6 * rate
     return seconds
 
 

@@ -102,9 +102,12 @@ def registration():
     specs = proc.get_arguments()
     defaults = {}
     for spec in specs:
-        entry = {"default": spec.get_default_value()}
+        entry = {"default": spec.get_default_value(), "help": spec.get_blurb(),
+                 "label": spec.get_nick()}
         if hasattr(spec, "minimum"):
             entry.update(min=spec.minimum, max=spec.maximum)
+        if isinstance(entry["default"], str):  # only the choices are strings
+            entry["choices"] = list(Gimp.param_spec_choice_get_choice(spec).list_nicks())
         if isinstance(entry["default"], (bool, int, float, str)):
             defaults[spec.get_name()] = entry
     report("registration", menu_paths=list(proc.get_menu_paths()),

@@ -1,7 +1,8 @@
 """Planning a run: the coarse-to-fine scales, their tiles, and the memory model.
 
-Pure geometry and arithmetic, no network: what the run will do is known (and
-reported in the ``started`` event) before the first step.
+Pure geometry and arithmetic, no network, standard library only: what the run will
+do is known (and reported in the ``started`` event) before the first step, and the
+plug-in's time estimate plans with the very same rules.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from .errors import EngineError, bad_input
-from .settings import MIN_WORK_SIDE
+from .knobs import MIN_WORK_SIDE
 
 MIN_SCALE_SIDE = 128  # coarsest scale's longest side
 MIN_TILE_SIDE = 128
@@ -154,21 +153,3 @@ def tile_grid(width: int, height: int, side: int, overlap: int) -> list[Tile]:
 def tile_overlap(side: int) -> int:
     """Overlap between neighbouring tiles of ``side`` pixels."""
     return max(32, side // 6)
-
-
-def blend_ramp(tile: Tile, tiles: list[Tile], device: torch.device) -> torch.Tensor:
-    """Weight of a tile's result: rising across its actual overlap with the tiles
-    before it (left and above, each axis its own width), 1 elsewhere; later tiles
-    blend over its right and bottom edges."""
-    x0, y0, x1, y1 = tile
-    left = max((tx1 - x0 for tx0, _, tx1, _ in tiles if tx0 < x0 < tx1), default=0)
-    top = max((ty1 - y0 for _, ty0, _, ty1 in tiles if ty0 < y0 < ty1), default=0)
-
-    def ramp(rise: int, length: int) -> torch.Tensor:
-        weight = torch.ones(length, device=device)
-        rise = min(rise, length)
-        if rise > 0:
-            weight[:rise] = torch.linspace(0, 1, rise + 2, device=device)[1:-1]
-        return weight
-
-    return ramp(top, y1 - y0).view(1, 1, -1, 1) * ramp(left, x1 - x0).view(1, 1, 1, -1)

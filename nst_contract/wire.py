@@ -1,9 +1,11 @@
-"""Protocol 3's framing, shared by the engine, the relay's clients and the command line.
+"""Protocol 3, the one wire between a client (the plug-in, the command line) and the
+engine: framing, ceilings, deadlines and heartbeats (``docs/protocol.md``).
 
 Every message is one JSON object on one line; when it has a ``bytes`` field,
-exactly that many raw bytes follow the line (``docs/protocol.md``). :class:`Emitter`
-writes events so, :class:`Channel` reads messages so. Standard library only at
-import: the command line reaches a warm engine through it without torch.
+exactly that many raw bytes follow the line. :func:`encode` writes a line,
+:class:`Emitter` writes events, :class:`Channel` reads messages (the engine's side,
+blocking) and :func:`parse_message` parses one line for every reader. Standard
+library only: GIMP's Python and a command line without torch import it too.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def deadline(seconds: float) -> float:
 # engine that stopped (a stopped, hung or swapped-out process: docs/protocol.md).
 ENGINE_HEARTBEAT_S = deadline(2.0)
 SILENT_ENGINE_S = deadline(20.0)
+# The client pings at least this often during a run, and says so in its run message
+# (``heartbeat_s``); the engine ends a run whose client misses HEARTBEAT_MISSES pings
+# in a row (a dead network: docs/protocol.md).
+CLIENT_HEARTBEAT_S = deadline(2.0)
+HEARTBEAT_MISSES = 3
 
 Limit = Callable[[dict], int]  # the most payload bytes a message may announce
 
@@ -144,6 +151,11 @@ def layer_bytes(header) -> int:
     return 4 * shape[0] * shape[1] * shape[2]
 
 
+def encode(message: dict) -> bytes:
+    """One message's line: compact JSON and a newline (its payload, if any, follows)."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
 def error_event(error: EngineError) -> dict:
     return {"event": "error", "kind": error.kind, "message": error.message}
 
@@ -186,8 +198,7 @@ class Emitter:
             self.closed = event["event"] in ("result", "error")
             payload = event.pop("_payload", b"")
             try:
-                line = json.dumps(event, separators=(",", ":")) + "\n"
-                self.stream.write(line.encode())
+                self.stream.write(encode(event))
                 if len(payload):  # written as it is: no copy of a 384 MB result
                     self.stream.write(payload)
                 self.stream.flush()

@@ -1,8 +1,8 @@
-"""Every knob of a run, written once: default, type, range and help text.
+"""Every knob of a run, written once: default, type, range, choices and help text.
 
 The command line builds its options from :data:`KNOBS`, the protocol reads a
-request's ``settings`` through :meth:`Settings.from_dict`, and a test checks the
-GIMP plug-in's argument defaults against the same fields.
+request's ``settings`` through :meth:`Settings.from_dict`, and the GIMP plug-in
+declares its arguments from the same fields (``nst_client.ARGUMENT_KNOBS``).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ class Settings:
         "memory, or a third of the computer's RAM)", "quality", minimum=0.1, maximum=1e5,
         metavar="GB", optional=True)
     seed: int = knob(
-        0, int, "seed of the starting noise (--init noise) and of anything random; on the "
-        "CPU a run repeats bit for bit, on a GPU only nearly", "quality", minimum=0,
+        0, int, "seed of anything random (the starting noise of init noise among it); on "
+        "the CPU a run repeats bit for bit, on a GPU only nearly", "quality", minimum=0,
         maximum=MAX_SEED)
     converge: bool = knob(
         True, bool, "stop before the last iteration once the objective has stopped "
