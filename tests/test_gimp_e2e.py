@@ -234,6 +234,7 @@ def test_the_arguments_are_the_engines_knobs(results):
     """Declared in GIMP from the shared knobs (nst_contract.knobs): each argument's
     name, default, range, choices and help are its knob's, in the plug-in's order."""
     import nst_client
+
     from nst_contract.knobs import KNOBS
 
     declared = get(results, "registration")["defaults"]
