@@ -25,7 +25,8 @@ from PIL import Image
 
 from nst_contract.plan import lbfgs_history, plan_scales
 from nst_engine import Settings, StyleTransfer, load_picture, weights
-from nst_engine.transfer import resize, to_tensor
+from nst_engine.enlarging import resize
+from nst_engine.tensors import to_tensor
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "images"
@@ -48,7 +49,8 @@ def interleaved(first, second, repeats: int) -> list[tuple[float, float]]:
 def objective_at(engine: StyleTransfer, content, style):
     """The engine's objective (docs/losses.md) for images of ``content``'s size."""
     budget = engine.work_budget(content[0, 0].numel())
-    return engine.objective(content, engine.style_grams([style], max(content.shape[-2:]), budget))
+    targets = engine.targets
+    return targets.objective(content, targets.style_grams([style], max(content.shape[-2:]), budget))
 
 
 def evaluator(engine: StyleTransfer, content, style):
@@ -56,7 +58,7 @@ def evaluator(engine: StyleTransfer, content, style):
 
     def value(image) -> float:
         with torch.no_grad():
-            return objective(image, engine.features)[0].item()
+            return objective(image, engine.network.features)[0].item()
 
     return value
 
@@ -67,16 +69,17 @@ def floor_and_evaluation(engine: StyleTransfer, content, style):
     precision and memory format: the pass as fast as it runs here) and one objective
     evaluation exactly as the engine's optimiser makes it."""
     objective = objective_at(engine, content, style)
-    net = reference.vgg(weights.load("original")[0]).to(memory_format=engine.memory_format)
-    x = content.clone().contiguous(memory_format=engine.memory_format).requires_grad_(True)
+    net = reference.vgg(weights.load("original")[0]).to(memory_format=engine.network.memory_format)
+    x = content.clone().contiguous(memory_format=engine.network.memory_format).requires_grad_(True)
 
     def floor() -> None:
-        with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.autocast):
+        with torch.autocast(engine.device.type, dtype=torch.bfloat16,
+                            enabled=engine.network.autocast):
             out = net(reference.normalize(x))
         out.float().sum().backward()
 
     def evaluation() -> None:
-        objective(x, engine.features)[0].backward()
+        objective(x, engine.network.features)[0].backward()
 
     return floor, evaluation
 
@@ -145,8 +148,8 @@ def _style_size(style, content):
 
 
 def content_picture_at(picture, tensor):
-    from nst_engine.images import Picture
-    from nst_engine.transfer import to_array
+    from nst_engine.pictures import Picture
+    from nst_engine.tensors import to_array
     return Picture(to_array(tensor))
 
 

@@ -30,7 +30,8 @@ import torch
 from nst_contract.layers import LAYER_NAMES
 from nst_contract.plan import Scale
 from nst_engine import Picture, Settings, StyleTransfer
-from nst_engine.transfer import resize, to_array, to_tensor
+from nst_engine.enlarging import resize
+from nst_engine.tensors import to_array, to_tensor
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's figure for the H200 SXM, dense
 PLUGIN = Path(__file__).resolve().parent.parent / "gimp_plugin" / "neural-style-transfer"
@@ -47,7 +48,7 @@ def synthetic(width: int, height: int, seed: int) -> torch.Tensor:
 def vgg_flops(engine: StyleTransfer, width: int, height: int) -> float:
     """Forward FLOPs of the truncated VGG19 (2·Cin·Cout·9 per output pixel per conv)."""
     flops, h, w = 0.0, height, width
-    for name, module in zip(engine.vgg.names, engine.vgg.body):
+    for name, module in zip(engine.network.vgg.names, engine.network.vgg.body):
         if isinstance(module, torch.nn.Conv2d):
             flops += 2 * module.in_channels * module.out_channels * 9 * h * w
         if name.startswith("pool"):
@@ -59,7 +60,7 @@ def run(engine: StyleTransfer, content, style, steps: int) -> tuple[float, float
     """One single-scale optimisation; returns (fp32 objective, seconds, evaluations, finite)."""
     height, width = content.shape[-2:]
     calls = {"n": 0}
-    features = engine.features
+    features = engine.network.features
 
     def counting(image, tap=None):
         calls["n"] += 1
@@ -70,7 +71,7 @@ def run(engine: StyleTransfer, content, style, steps: int) -> tuple[float, float
     def check(iterate):
         finite["ok"] &= math.isfinite(iterate.loss)
 
-    engine.features = counting
+    engine.network.features = counting
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -79,13 +80,15 @@ def run(engine: StyleTransfer, content, style, steps: int) -> tuple[float, float
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    engine.features = features
-    autocast, engine.autocast = engine.autocast, False
+    engine.network.features = features
+    autocast, engine.network.autocast = engine.network.autocast, False
     budget = engine.work_budget(width * height)
-    objective = engine.objective(content, engine.style_grams([style], max(width, height), budget))
+    targets = engine.targets
+    objective = targets.objective(content, targets.style_grams([style], max(width, height), budget))
     with torch.no_grad():
-        value = objective(to_tensor(result.picture.rgb, engine.device), engine.features)[0].item()
-    engine.autocast = autocast
+        picture = to_tensor(result.picture.rgb, engine.device)
+        value = objective(picture, engine.network.features)[0].item()
+    engine.network.autocast = autocast
     return value, seconds, calls["n"], finite["ok"] and math.isfinite(value)
 
 
@@ -203,13 +206,13 @@ def main() -> None:
     engine = StyleTransfer(Settings(device=args.device, converge=False))
     device = engine.device
     report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "weights": engine.family}
+              "torch": torch.__version__, "weights": engine.network.family}
 
     content = synthetic(args.compare_size, args.compare_size * 3 // 4, 0).to(device)
     style = resize(synthetic(256, 256, 1).to(device) ** 3, 256, 256)
     results = {}
     for mode in ("fp32", "bf16"):
-        engine.autocast = mode == "bf16"  # on the CPU too, so the dry run tests this path
+        engine.network.autocast = mode == "bf16"  # on the CPU too, so the dry run tests this path
         torch.manual_seed(0)
         results[mode] = run(engine, content, style, args.compare_steps)
     fp32, bf16 = results["fp32"][0], results["bf16"][0]
@@ -217,7 +220,7 @@ def main() -> None:
                          "fp32_objective": fp32, "bf16_objective": bf16,
                          "relative_difference": abs(bf16 - fp32) / fp32}
 
-    engine.autocast = engine.precision.name == "bf16"
+    engine.network.autocast = engine.network.precision.name == "bf16"
     big = synthetic(args.size, args.size * 3 // 4, 2).to(device)
     value, seconds, evaluations, finite = run(engine, big, style, args.steps)
     flops = 3 * vgg_flops(engine, big.shape[-1], big.shape[-2]) * evaluations
@@ -226,7 +229,7 @@ def main() -> None:
         "size": list(big.shape[-2:]), "steps": args.steps, "seconds": seconds,
         "evaluations": evaluations, "objective": value, "achieved_tflops": tflops,
         "share_of_h200_bf16_peak": tflops / H200_BF16_DENSE_TFLOPS,
-        "layers": engine.vgg.names[-1], "total_layers": len(LAYER_NAMES),
+        "layers": engine.network.vgg.names[-1], "total_layers": len(LAYER_NAMES),
     }
     if device.type == "cuda":
         report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9

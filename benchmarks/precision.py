@@ -33,8 +33,9 @@ from bench import SHARED, content_picture_at, floor_and_evaluation, timed
 from PIL import Image
 
 from nst_engine import Settings, StyleTransfer, load_picture
+from nst_engine.enlarging import resize
 from nst_engine.losses import gram_matrix
-from nst_engine.transfer import resize, to_tensor
+from nst_engine.tensors import to_tensor
 
 OUT = Path(__file__).resolve().parent / "out" / "precision"
 
@@ -66,13 +67,13 @@ class Judge:
         side = max(self.size) * self.engine.settings.style_scale / max(style.shape[-2:])
         style = resize(style, round(style.shape[-1] * side), round(style.shape[-2] * side))
         with torch.no_grad():
-            features = self.engine.features(style)
+            features = self.engine.network.features(style)
         self.grams = {name: gram_matrix(features[name])
                       for name in self.engine.settings.style_layers}
 
     def features(self, image: torch.Tensor) -> dict:
         with torch.no_grad():
-            return self.engine.features(resize(image, *self.size))
+            return self.engine.network.features(resize(image, *self.size))
 
     def distances(self, rgb) -> tuple[float, float]:
         features = self.features(to_tensor(rgb, self.engine.device))
@@ -106,7 +107,7 @@ def step_and_floor(size: int, photo, painting) -> dict:
 
     engine.stylize(content_picture_at(photo, content), [painting], on_step)
     steps = [(b - a, f) for (a, f), (b, _) in zip(marks, marks[1:])]
-    return {"precision": engine.precision.name, "size": size, "top_steps": len(marks),
+    return {"precision": engine.network.precision.name, "size": size, "top_steps": len(marks),
             "floor_ms": statistics.median(f for _, f in steps) * 1000,
             "step_ms": statistics.median(d for d, _ in steps) * 1000,
             "step_over_floor": statistics.median(d / f for d, f in steps),

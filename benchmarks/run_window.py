@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gimp_plugin"
                        / "neural-style-transfer"))
 import nst_client  # noqa: E402
+import nst_estimates  # noqa: E402
 
 from nst_engine import load_picture  # noqa: E402
 
@@ -35,7 +36,7 @@ COMMAND = [sys.executable, "-m", "nst_engine", "connect"]
 
 def run(photo: np.ndarray, style: Path, settings: dict, interval: float) -> tuple:
     """One plug-in-like run through ``nst_engine connect``; returns (SpeedLog, events)."""
-    speed, events = nst_client.SpeedLog(), []
+    speed, events = nst_estimates.SpeedLog(), []
 
     def on_event(event):
         speed.on_event(event)
@@ -78,7 +79,7 @@ def main() -> None:
     calibration = None
     for size in args.sizes:
         settings = {**base, "max_size": size}
-        estimate = nst_client.estimate_seconds(calibration, width, height, settings)
+        estimate = nst_estimates.estimate_seconds(calibration, width, height, settings)
         speed, events = run(photo, args.style, settings, 2.0)
         actual = speed.first_seen["result"]
         previews = [e for e in events if e["event"] == "preview"]

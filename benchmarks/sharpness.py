@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from nst_engine.enlarging import enlarge, luminance, resize
 from nst_engine.images import load_picture
-from nst_engine.transfer import to_array, to_tensor
+from nst_engine.tensors import to_array, to_tensor
 
 CPU = torch.device("cpu")
 

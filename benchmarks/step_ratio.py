@@ -15,7 +15,8 @@ import torch
 from bench import SHARED, floor_and_evaluation, interleaved
 
 from nst_engine import Settings, StyleTransfer, load_picture
-from nst_engine.transfer import resize, to_tensor
+from nst_engine.enlarging import resize
+from nst_engine.tensors import to_tensor
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
 
     pairs = interleaved(floor, evaluation, args.repeats)
     ratios = [e / f for f, e in pairs]
-    print(f"{args.size} px, {engine.precision.name}, {torch.get_num_threads()} threads: floor "
+    precision = engine.network.precision.name
+    print(f"{args.size} px, {precision}, {torch.get_num_threads()} threads: floor "
           f"{statistics.median(f for f, _ in pairs) * 1000:.0f} ms, evaluation "
           f"{statistics.median(e for _, e in pairs) * 1000:.0f} ms, median ratio "
           f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "gimp_plugin" / "neural-style-transfer")]
 import nst_client  # noqa: E402
+import nst_config  # noqa: E402
 from sshd import SSHServer  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     commands = {
         "one-shot": [python, "-m", "nst_engine", "stream"],
         "warm": [python, "-m", "nst_engine", "connect"],
-        "ssh": nst_client.ssh_command(ssh.host, [python, "-m", "nst_engine", "connect"]),
+        "ssh": nst_config.ssh_command(ssh.host, [python, "-m", "nst_engine", "connect"]),
     }
     try:
         for megapixels in args.sizes:

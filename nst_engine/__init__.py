@@ -9,9 +9,9 @@ from importlib import import_module
 __version__ = "0.2.0"
 _PUBLIC = {
     "EngineError": "nst_contract.errors", "Settings": "nst_contract.knobs",
-    "Picture": "nst_engine.images", "load_picture": "nst_engine.images",
+    "Picture": "nst_engine.pictures", "load_picture": "nst_engine.images",
     "save_picture": "nst_engine.images", "Control": "nst_engine.control",
-    "Iterate": "nst_engine.transfer", "Result": "nst_engine.transfer",
+    "Iterate": "nst_engine.loop", "Result": "nst_engine.transfer",
     "StyleTransfer": "nst_engine.transfer",
 }
 __all__ = sorted(_PUBLIC)

@@ -24,3 +24,17 @@ def blend_ramp(tile: Tile, tiles: list[Tile], device: torch.device) -> torch.Ten
         return weight
 
     return ramp(top, y1 - y0).view(1, 1, -1, 1) * ramp(left, x1 - x0).view(1, 1, 1, -1)
+
+
+def blend_in(image: torch.Tensor, region: torch.Tensor, tile: Tile,
+             tiles: list[Tile]) -> torch.Tensor:
+    """``image`` with a tile's optimised ``region`` blended in over the ramp (in place);
+    with no tiles the region is the whole image."""
+    if not tiles:
+        return region
+    x0, y0, x1, y1 = tile
+    weight = blend_ramp(tile, tiles, region.device)
+    with torch.no_grad():
+        old = image[..., y0:y1, x0:x1]
+        image[..., y0:y1, x0:x1] = weight * region + (1 - weight) * old
+    return image

@@ -17,7 +17,7 @@ from nst_contract.errors import EngineError
 from nst_contract.wire import PROTOCOL, SILENT_ENGINE_S, Channel, encode
 
 from .control import Control
-from .images import Picture
+from .pictures import Picture
 from .relay import Reached
 
 PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the picture's own bytes

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .images import LUMA
+from .pictures import LUMA
 
 GUIDE_RADIUS = 4  # working-size pixels the local gain is measured over (9×9)
 GUIDE_EPS = 1e-4  # regularises the gain where the photo is flat (variance of [0, 1] values)

@@ -1,7 +1,6 @@
-"""Image files and arrays in and out, without losing precision, alpha or colour profile.
+"""Image files in and out, without losing precision, alpha or colour profile (the
+picture they become is ``pictures.Picture``).
 
-Pixels travel as float32 ``H×W×3`` RGB in [0, 1] (non-linear, as stored); alpha
-rides alongside in its original dtype and is written back untouched.
 Pillow reads and writes 8-bit files; it cannot hold 16 bits per channel for RGB,
 so 16-bit PNG goes through pypng and 16-bit/float TIFF through tifffile
 (``docs/design.md`` says why those two).
@@ -9,11 +8,10 @@ so 16-bit PNG goes through pypng and 16-bit/float TIFF through tifffile
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,63 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from nst_contract.errors import EngineError, bad_input
 
 from .files import atomic_path
+from .pictures import Picture, check_size, from_channels
 
-MIN_SIDE = 16
 OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, for non-linear RGB
-
-
-@dataclass
-class Picture:
-    rgb: np.ndarray  # H×W×3 float32 in [0, 1]; grayscale is replicated into 3 channels
-    alpha: np.ndarray | None = None  # H×W in the source's dtype, passed through bit-exact
-    gray: bool = False
-    bits: int = 8  # precision to write back: 8, 16 or 32 (float)
-    icc: bytes | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(width, height)``."""
-        return self.rgb.shape[1], self.rgb.shape[0]
-
-
-def luminance(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ LUMA
-
-
-def keep_colors(stylised: np.ndarray, content: np.ndarray) -> np.ndarray:
-    """The stylised luminance with the content's chroma (Y'CbCr chroma kept exactly)."""
-    shift = luminance(stylised) - luminance(content)
-    return np.clip(content + shift[..., None], 0.0, 1.0)
-
-
-def _from_channels(data: np.ndarray, scale: float, bits: int) -> Picture:
-    """Builds a Picture from an ``H×W×C`` array (C = 1, 2, 3 or 4) of raw values."""
-    if data.ndim == 2:
-        data = data[..., None]
-    channels = data.shape[2]
-    if channels not in (1, 2, 3, 4):
-        raise bad_input(f"images with {channels} channels are not supported")
-    if data.dtype.kind == "f" and not math.isfinite(data.sum(dtype=np.float64)):
-        # any NaN or ±inf makes the sum so; one pass, no temporaries (unlike isfinite)
-        raise bad_input("the image contains NaN or infinite pixel values")
-    color = data[..., : 1 if channels <= 2 else 3].astype(np.float32)  # a copy
-    if scale != 1.0:
-        color /= scale
-    np.clip(color, 0.0, 1.0, out=color)
-    alpha = data[..., -1].copy() if channels in (2, 4) else None
-    if channels <= 2:
-        color = np.repeat(color, 3, axis=2)
-    return Picture(color, alpha, channels <= 2, bits)
-
-
-def _check_size(picture: Picture, what: str) -> Picture:
-    width, height = picture.size
-    if min(width, height) < MIN_SIDE:
-        raise bad_input(
-            f"{what} is {width}×{height} pixels; at least {MIN_SIDE}×{MIN_SIDE} is needed"
-        )
-    return picture
 
 
 def _orient(data: np.ndarray, orientation: int) -> np.ndarray:
@@ -97,7 +41,7 @@ def _read_png16(path: Path) -> Picture:
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     channels = info["planes"]
     data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
-    return _from_channels(data.reshape(height, width, channels), 65535.0, 16)
+    return from_channels(data.reshape(height, width, channels), 65535.0, 16)
 
 
 TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
@@ -121,9 +65,9 @@ def _read_tiff_deep(path: Path, what: str) -> Picture | None:
     except Exception as exc:  # e.g. a compression that needs imagecodecs
         raise bad_input(f"cannot read the 16/32-bit TIFF {path.name}: {exc}") from None
     if data.dtype == np.uint16:
-        picture = _from_channels(data, 65535.0, 16)
+        picture = from_channels(data, 65535.0, 16)
     elif data.dtype.kind == "f":
-        picture = _from_channels(data.astype(np.float32), 1.0, 32)
+        picture = from_channels(data.astype(np.float32), 1.0, 32)
     else:
         raise bad_input(f"TIFF sample type {data.dtype} is not supported")
     picture.icc = bytes(icc.value) if icc is not None else None
@@ -138,16 +82,16 @@ def _from_pillow(image: Image.Image) -> Picture:
     if mode in ("P", "PA"):
         image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
     elif mode in ("I;16", "I;16B", "I;16L", "I"):
-        return _from_channels(np.asarray(image, dtype=np.float64).clip(0, 65535), 65535.0, 16)
+        return from_channels(np.asarray(image, dtype=np.float64).clip(0, 65535), 65535.0, 16)
     elif mode == "F":
-        return _from_channels(np.asarray(image, dtype=np.float32), 1.0, 32)
+        return from_channels(np.asarray(image, dtype=np.float32), 1.0, 32)
     elif mode == "1":
         image = image.convert("L")
     elif mode == "La":
         image = image.convert("LA")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in mode else "RGB")  # CMYK, YCbCr, LAB, …
-    return _from_channels(np.asarray(image), 255.0, 8)
+    return from_channels(np.asarray(image), 255.0, 8)
 
 
 def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
@@ -163,7 +107,7 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
     except MemoryError:
         raise _too_big(what, path) from None
     if deep_tiff:
-        return _check_size(deep_tiff, f"{what} {path.name}")
+        return check_size(deep_tiff, f"{what} {path.name}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -189,7 +133,7 @@ def load_picture(path: str | os.PathLike, what: str = "image") -> Picture:
     if picture.alpha is not None:
         picture.alpha = _orient(picture.alpha[..., None], orientation)[..., 0]
     picture.icc = icc
-    return _check_size(picture, f"{what} {path.name}")
+    return check_size(picture, f"{what} {path.name}")
 
 
 def _is_deep(image: Image.Image, path: Path) -> str | None:
@@ -337,50 +281,3 @@ def _convert_alpha(alpha: np.ndarray, bits: int) -> np.ndarray:
         return unit.astype(np.float32)
     scale = 65535 if bits == 16 else 255
     return np.round(np.clip(unit, 0, 1) * scale).astype(_dtype_for(bits))
-
-
-def picture_from_array(data: np.ndarray, owned: bool = False) -> Picture:
-    """The protocol's input: float32 ``H×W×C`` (C = 1 Y, 2 YA, 3 RGB, 4 RGBA) in [0, 1].
-
-    ``owned``: ``data`` is the engine's own (a writable buffer it received): an RGB(A)
-    layer's colour is clipped in place and the picture holds views of it — no copy,
-    which for a 24-megapixel layer saves most of a warm service's time to the first
-    step (docs/design.md, "The layer's way in").
-    """
-    if data.dtype != np.float32 or data.ndim != 3:
-        raise bad_input(f"expected a float32 H×W×C array, got {data.dtype} {data.shape}")
-    if not (owned and data.shape[2] in (3, 4) and data.flags.writeable):
-        return _check_size(_from_channels(data, 1.0, 32), "layer")
-    pixels = as_tensor(data)  # torch: multithreaded, 7× numpy's speed at these passes
-    # A float32 sum is NaN or infinite when a value is; when it overflowed, numpy says.
-    if not math.isfinite(pixels.sum()) and not np.isfinite(data).all():
-        raise bad_input("the image contains NaN or infinite pixel values")
-    pixels[..., :3].clamp_(0.0, 1.0)
-    alpha = data[..., 3] if data.shape[2] == 4 else None
-    return _check_size(Picture(data[..., :3], alpha, False, 32), "layer")
-
-
-def picture_to_array(picture: Picture) -> np.ndarray:
-    """Inverse of :func:`picture_from_array`; alpha is returned bit-exact. One new
-    array, filled by torch (a 24-megapixel layer in 0.1 s on two cores; numpy's
-    single-threaded fill of fresh memory took up to 0.9 s)."""
-    import torch
-
-    color = picture.rgb[..., :1] if picture.gray else picture.rgb
-    depth = color.shape[2]
-    data = torch.empty((*color.shape[:2], depth + (picture.alpha is not None)))
-    data[..., :depth] = as_tensor(np.asarray(color, np.float32))
-    if picture.alpha is not None:
-        data[..., depth] = as_tensor(np.asarray(picture.alpha, np.float32))
-    return data.numpy()
-
-
-def as_tensor(array: np.ndarray):
-    """A torch tensor sharing ``array``'s memory; a copy only of a mirrored view (negative
-    strides), which torch cannot take. torch is imported here, not with this module:
-    ``nst-engine connect`` must start in milliseconds."""
-    import torch
-
-    if any(step < 0 for step in array.strides):
-        array = np.ascontiguousarray(array)
-    return torch.from_numpy(array)

@@ -13,9 +13,12 @@ from pathlib import Path
 
 from nst_contract.knobs import Settings
 
+from .cache import EngineCache
 from .control import Control
-from .images import Picture
-from .transfer import Iterate, StyleTransfer, Warm, to_array
+from .loop import Iterate
+from .pictures import Picture
+from .tensors import to_array
+from .transfer import StyleTransfer
 
 Emit = Callable[[dict], None]
 Deliver = Callable[[Picture], dict]  # hands a picture over; returns the event's fields
@@ -42,21 +45,21 @@ def file_deliverer(output: Path, write: Callable[[Picture, Path], None]) -> Deli
     return deliver
 
 
-def run_job(job: Job, emit: Emit, control: Control, warm: Warm | None = None) -> dict:
+def run_job(job: Job, emit: Emit, control: Control, cache: EngineCache | None = None) -> dict:
     """Plans, emits ``started``, optimises with ``progress``/``preview`` events, hands
-    the result over and emits ``result`` (returned). ``warm`` keeps the network and
+    the result over and emits ``result`` (returned). ``cache`` keeps the network and
     style targets for the next run (the service). Raises EngineError."""
-    engine = StyleTransfer(job.settings, warm)
+    engine = StyleTransfer(job.settings, cache)
     width, height = job.content.size
     scales = engine.plan(width, height)
     emit({
         "event": "started", "device": engine.device.type,
-        "precision": engine.precision.name, "weights": engine.family,
+        "precision": engine.network.precision.name, "weights": engine.network.family,
         "width": width, "height": height, "total": sum(s.ticks for s in scales),
         "max_size": engine.max_size,
         "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
         "detail": scales[-1].detail,
-        "engine_pid": os.getpid(), "loaded_network": engine.loaded_network,
+        "engine_pid": os.getpid(), "loaded_network": engine.network.loaded,
     })
     previews = _Previews(job, emit)
     result = engine.stylize(job.content, job.styles,
@@ -64,7 +67,7 @@ def run_job(job: Job, emit: Emit, control: Control, warm: Warm | None = None) ->
                             control, scales)
     control.check()
     event = {"event": "result", **job.deliver(result.picture), "steps": result.steps,
-             "stopped": result.stopped}
+             "stopped": result.stopped.value}
     emit(event)
     return event
 

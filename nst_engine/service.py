@@ -93,7 +93,7 @@ class Ticket:
 
 def serve(idle_s: float) -> int:
     """Serves requests until ``idle_s`` seconds pass without one. Imports torch."""
-    from .transfer import Warm
+    from .cache import EngineCache
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s nst-engine service: %(message)s")
@@ -115,7 +115,7 @@ def serve(idle_s: float) -> int:
     busy = threading.Event()
     threading.Thread(target=_accept, args=(listener, slots, waiting, busy, folder),
                      name="accept", daemon=True).start()
-    warm = Warm()
+    cache = EngineCache()
     log.info("listening on %s", path)
     wait, ending = max(idle_s, FIRST_WAIT_S), False
     try:
@@ -137,7 +137,7 @@ def serve(idle_s: float) -> int:
                 continue
             busy.set()
             try:
-                _run(ticket, warm, folder)
+                _run(ticket, cache, folder)
             finally:
                 ticket.close()
                 slots.release()
@@ -222,20 +222,20 @@ def _intake(conn: socket.socket, slots: Connections, waiting: queue.Queue,
     waiting.put(Ticket(conn, emit, control, job, scratch))
 
 
-def _run(ticket: Ticket, warm, folder: Path) -> None:
+def _run(ticket: Ticket, cache, folder: Path) -> None:
     """Runs one ticket's job, answering on its connection; never raises for it."""
     from .jobs import run_job
 
     try:
         ticket.control.check()  # cancelled while it waited
-        run_job(ticket.job, ticket.emit, ticket.control, warm)
+        run_job(ticket.job, ticket.emit, ticket.control, cache)
     except EngineError as error:
         ticket.emit(error_event(error))
     except Exception as exc:  # one bad request must not end the service
         log.exception("internal error in a run")
         ticket.emit(error_event(_internal(exc, folder)))
     finally:
-        warm.release_memory()
+        cache.release_memory()
 
 
 def _internal(exc: Exception, folder: Path) -> EngineError:

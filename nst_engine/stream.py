@@ -32,8 +32,9 @@ from nst_contract.wire import (
 )
 
 from .control import Control
-from .images import Picture, load_picture, picture_from_array, picture_to_array
+from .images import load_picture
 from .jobs import Job, run_job
+from .pictures import Picture, picture_from_array, picture_to_array
 
 
 def read_job(channel: Channel, folder: Path) -> Job:

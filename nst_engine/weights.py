@@ -319,13 +319,18 @@ def random_features(seed: int = 0) -> dict[str, torch.Tensor]:
     return features
 
 
+def chosen(spec: str | None = None) -> str:
+    """The weights a run uses: ``spec``, else ``NST_WEIGHTS``, else ``original``."""
+    return spec or os.environ.get("NST_WEIGHTS") or "original"
+
+
 def load(spec: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Returns ``(features state dict, family)`` for ``spec``.
 
     ``spec`` is ``original`` (default), ``torchvision``, ``random`` or a file path;
-    ``None`` reads ``NST_WEIGHTS``.
+    ``None`` reads ``NST_WEIGHTS`` (:func:`chosen`).
     """
-    spec = spec or os.environ.get("NST_WEIGHTS") or "original"
+    spec = chosen(spec)
     if spec == "random":
         return random_features(), "random"
     if spec in FAMILIES:

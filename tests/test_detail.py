@@ -8,9 +8,10 @@ from test_tiling import assert_no_seams, structured_photo
 
 from nst_contract.plan import BYTES_PER_PIXEL
 from nst_engine import EngineError, Settings, StyleTransfer, enlarging, load_picture
+from nst_engine.control import Control
 from nst_engine.enlarging import enlarge, resize
-from nst_engine.images import Picture
-from nst_engine.transfer import Control, to_tensor
+from nst_engine.pictures import Picture
+from nst_engine.tensors import to_tensor
 
 CPU = torch.device("cpu")
 
@@ -107,11 +108,11 @@ def test_refinement_style_targets_are_not_blurrier_than_the_painting(painting, m
     style = to_tensor(load_picture(painting).rgb, CPU)  # 64×64
     engine = StyleTransfer(small())
     measured = []
-    original = engine.grams
-    monkeypatch.setattr(engine, "grams", lambda image, *args: (
+    original = engine.targets.grams
+    monkeypatch.setattr(engine.targets, "grams", lambda image, *args: (
         measured.append(image), original(image, *args))[1])
-    engine.style_grams([style], 1000, 1e9, native=True)
-    engine.style_grams([style], 1000, 1e9)  # a working scale of that size would enlarge it
+    engine.targets.style_grams([style], 1000, 1e9, native=True)
+    engine.targets.style_grams([style], 1000, 1e9)  # a working scale of that size would enlarge it
     native, enlarged = (finest_octave_energy(image) for image in measured)
     own = finest_octave_energy(style)
     assert native >= 0.95 * own
@@ -179,16 +180,16 @@ def test_enlargement_at_full_size_is_the_picture_itself():
 
 
 def test_refinement_out_of_memory_says_what_to_change(photo, painting, monkeypatch):
-    from nst_engine import transfer
+    from nst_engine.loop import Loop
 
-    original = transfer._Run.optimise_region
+    original = Loop.optimise
 
-    def no_memory(self, image, *args):
-        if self.scale.detail:
+    def no_memory(self, start, objective, scale, tile):
+        if scale.detail:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried...")
-        return original(self, image, *args)
+        return original(self, start, objective, scale, tile)
 
-    monkeypatch.setattr(transfer._Run, "optimise_region", no_memory)
+    monkeypatch.setattr(Loop, "optimise", no_memory)
     with pytest.raises(EngineError) as info:
         StyleTransfer(small()).stylize(load_picture(photo), [load_picture(painting)])
     assert info.value.kind == "out_of_memory" and "--detail working" in info.value.message

@@ -5,7 +5,7 @@ import tifffile
 from PIL import Image
 
 from nst_engine import EngineError, load_picture, save_picture
-from nst_engine.images import Picture, keep_colors, picture_from_array, picture_to_array
+from nst_engine.pictures import Picture, keep_colors, picture_from_array, picture_to_array
 
 
 def bad(path, match):

@@ -15,7 +15,8 @@ import torch
 from conftest import real_weights_dir
 
 from nst_engine import EngineError, Settings, StyleTransfer, devices, load_picture
-from nst_engine.transfer import resize, to_tensor
+from nst_engine.enlarging import resize
+from nst_engine.tensors import to_tensor
 
 CPU = torch.device("cpu")
 
@@ -99,11 +100,11 @@ def test_the_network_pass_runs_in_the_resolved_precision(probe, monkeypatch):
     image = torch.rand(1, 3, 48, 48)
     fp32 = StyleTransfer(Settings(precision="fp32", device="cpu"))
     bf16 = StyleTransfer(Settings(precision="auto", device="cpu"))
-    assert (fp32.precision.name, bf16.precision.name) == ("fp32", "bf16")
-    assert fp32.features(image)["relu4_2"].dtype == torch.float32
-    assert bf16.features(image)["relu4_2"].dtype == torch.bfloat16
+    assert (fp32.network.precision.name, bf16.network.precision.name) == ("fp32", "bf16")
+    assert fp32.network.features(image)["relu4_2"].dtype == torch.float32
+    assert bf16.network.features(image)["relu4_2"].dtype == torch.bfloat16
     # The style targets stay fp32 in both.
-    grams = bf16.grams(image, 1e9)
+    grams = bf16.targets.grams(image, 1e9)
     assert all(gram.dtype == torch.float32 for gram in grams.values())
 
 
@@ -130,19 +131,20 @@ def test_a_bf16_run_ends_within_a_few_percent_of_the_fp32_run(photo, painting, m
     monkeypatch.setattr(devices, "native_cpu_bf16", lambda: "avx512_bf16")  # if it is not
     fp32 = StyleTransfer(Settings(precision="fp32", **settings))
     bf16 = StyleTransfer(Settings(precision="bf16", **settings))
-    assert bf16.memory_format is torch.channels_last  # the processor's whole bf16 path
+    assert bf16.network.memory_format is torch.channels_last  # the processor's whole bf16 path
     content, style = load_picture(photo), load_picture(painting)
     results = {name: engine.stylize(content, [style]).picture
                for name, engine in (("fp32", fp32), ("bf16", bf16))}
     assert not (results["fp32"].rgb == results["bf16"].rgb).all()  # bf16 really ran
     size = content.size  # under 128 px: worked out at its own size
     target = resize(to_tensor(content.rgb, CPU), *size)
-    objective = fp32.objective(target, fp32.style_grams(
+    objective = fp32.targets.objective(target, fp32.targets.style_grams(
         [to_tensor(style.rgb, CPU)], max(size), 1e9))
 
     def value(picture) -> float:
         with torch.no_grad():
-            return objective(resize(to_tensor(picture.rgb, CPU), *size), fp32.features)[0].item()
+            image = resize(to_tensor(picture.rgb, CPU), *size)
+            return objective(image, fp32.network.features)[0].item()
 
     start, ends = value(content), {name: value(p) for name, p in results.items()}
     assert ends["fp32"] < 0.5 * start  # the runs really optimised

@@ -5,8 +5,9 @@ import pytest
 from conftest import real_weights_dir
 
 from nst_engine import Settings, StyleTransfer, load_picture
+from nst_engine.enlarging import resize
 from nst_engine.losses import gram_matrix
-from nst_engine.transfer import resize, to_tensor
+from nst_engine.tensors import to_tensor
 
 pytestmark = pytest.mark.real_weights
 
@@ -15,13 +16,13 @@ def test_short_run_moves_grams_to_the_style_and_keeps_the_content(photo, paintin
     monkeypatch.setenv("NST_DATA_DIR", str(real_weights_dir()))
     monkeypatch.delenv("NST_WEIGHTS")
     engine = StyleTransfer(Settings(max_size=128, iterations=40, device="cpu"))
-    assert engine.family == "original"
+    assert engine.network.family == "original"
     content, style = load_picture(photo), load_picture(painting)
     result = engine.stylize(content, [style]).picture
 
     def features(rgb):
         image = to_tensor(rgb, engine.device)
-        return engine.features(resize(image, *content.size))
+        return engine.network.features(resize(image, *content.size))
 
     target, before, after = features(style.rgb), features(content.rgb), features(result.rgb)
     ratios = []

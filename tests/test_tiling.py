@@ -8,8 +8,8 @@ from conftest import real_weights_dir
 from nst_contract.plan import tile_grid, tile_overlap
 from nst_engine import EngineError, Settings, StyleTransfer, load_picture
 from nst_engine.blending import blend_ramp
-from nst_engine.images import Picture
-from nst_engine.transfer import to_tensor
+from nst_engine.pictures import Picture
+from nst_engine.tensors import to_tensor
 
 
 def test_tile_grid_covers_with_overlap():
@@ -46,19 +46,33 @@ def test_blend_ramp_follows_each_axis_overlap_of_the_grid():
         assert top >= 48 or y0 == 0
 
 
-def test_budget_too_small_is_out_of_memory():
-    engine = StyleTransfer(Settings(max_size=512, memory_budget=1.0, device="cpu"))
+def test_the_smallest_tile_is_the_budgets_edge():
+    """A budget that leaves the work just room for MIN_TILE_SIDE² pixels plans tiles of
+    that side; one byte per pixel less is out of memory, with what to raise."""
+    from nst_contract.plan import BYTES_PER_PIXEL, MIN_TILE_SIDE, PHOTO_BYTES_PER_PIXEL
+    from nst_engine.devices import CPU_FIXED_BYTES
+
+    side = 512
+    photo = PHOTO_BYTES_PER_PIXEL * side * side
+    edge = CPU_FIXED_BYTES + photo + BYTES_PER_PIXEL * MIN_TILE_SIDE ** 2
+
+    def plan(budget_bytes):
+        settings = Settings(max_size=side, memory_budget=budget_bytes / 1e9, device="cpu")
+        return StyleTransfer(settings).plan(side, side)
+
+    top = plan(edge + 1)[-1]  # a little over: float rounding of the GB figure
+    assert top.tiles and max(x1 - x0 for x0, _, x1, _ in top.tiles) == MIN_TILE_SIDE
     with pytest.raises(EngineError) as info:
-        engine.plan(512, 512)
-    assert info.value.kind == "out_of_memory"
+        plan(edge - MIN_TILE_SIDE ** 2)
+    assert info.value.kind == "out_of_memory" and "--memory-budget" in info.value.message
 
 
 def test_style_grams_in_strips_match_the_whole_image():
     image = to_tensor(structured_photo(96, 448).rgb, torch.device("cpu"))
     engine = StyleTransfer(Settings(device="cpu"))
-    whole = engine.grams(image, 1e9)
+    whole = engine.targets.grams(image, 1e9)
     # 0.03 GB: strips of 256 rows (+ 64-row margins) for a 96-px-wide image
-    strips = engine.grams(image, 0.03e9)
+    strips = engine.targets.grams(image, 0.03e9)
     for name, gram in whole.items():
         error = ((strips[name] - gram).norm() / gram.norm()).item()
         assert error < 0.02, (name, error)
@@ -107,13 +121,14 @@ def test_tiled_run_has_no_seams_and_matches_the_untiled_objective(painting, monk
     tiled = tiled_engine.stylize(photo, [style]).picture
 
     content = to_tensor(photo.rgb, untiled_engine.device)
-    objective = untiled_engine.objective(
-        content, untiled_engine.style_grams([to_tensor(style.rgb, content.device)], 512, 1e9))
+    objective = untiled_engine.targets.objective(
+        content,
+        untiled_engine.targets.style_grams([to_tensor(style.rgb, content.device)], 512, 1e9))
 
     def value(picture):
         image = to_tensor(picture.rgb, content.device)
         with torch.no_grad():
-            return objective(image, untiled_engine.features)[0].item()
+            return objective(image, untiled_engine.network.features)[0].item()
 
     assert value(tiled) <= 1.10 * value(untiled), (value(tiled), value(untiled))
 

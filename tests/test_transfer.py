@@ -8,9 +8,9 @@ import torch
 from nst_contract.knobs import style_weight_for
 from nst_contract.plan import lbfgs_history, plan_scales
 from nst_engine import Control, EngineError, Settings, StyleTransfer, load_picture
-from nst_engine.images import Picture, luminance
 from nst_engine.losses import gram_matrix
-from nst_engine.transfer import to_tensor
+from nst_engine.pictures import Picture, luminance
+from nst_engine.tensors import to_tensor
 
 
 def small(**values) -> Settings:
@@ -31,7 +31,7 @@ def test_output_grams_move_towards_the_style(photo, painting):
     result = engine.stylize(content, [style]).picture
 
     def grams(picture):
-        feats = engine.features(to_tensor(picture.rgb, engine.device))
+        feats = engine.network.features(to_tensor(picture.rgb, engine.device))
         return {k: gram_matrix(feats[k]) for k in engine.settings.style_layers}
 
     target, before, after = grams(style), grams(content), grams(result)
@@ -127,8 +127,8 @@ def test_finish_keeps_the_image_after_the_current_step(photo, painting):
 
 def test_nan_loss_is_reported(photo, painting, monkeypatch):
     engine = StyleTransfer(small(iterations=3, optimizer="adam"))
-    original = engine.features
-    monkeypatch.setattr(engine, "features",
+    original = engine.network.features
+    monkeypatch.setattr(engine.network, "features",
                         lambda image, tap=None: original(image * float("nan"), tap))
     with pytest.raises(EngineError, match="diverged"):
         engine.stylize(load_picture(photo), [load_picture(painting)])
@@ -288,9 +288,9 @@ def test_threads_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
 
 def test_a_photo_received_as_rgba_gives_the_same_result_to_the_bit(photo, painting):
     """The service keeps the layer as received and works from views of it
-    (``picture_from_array(owned=True)``, ``transfer.photo_tensor``): every scale, the
+    (``picture_from_array(owned=True)``, ``tensors.photo_tensor``): every scale, the
     enlargement and the refinement at full size are the same as from a copy."""
-    from nst_engine.images import picture_from_array
+    from nst_engine.pictures import picture_from_array
 
     content, style = load_picture(photo), [load_picture(painting)]
     height, width = content.rgb.shape[:2]
@@ -307,7 +307,7 @@ def test_a_photo_received_as_rgba_gives_the_same_result_to_the_bit(photo, painti
 
 def test_a_mirrored_photo_is_taken_too():
     """A library caller's flipped view (negative strides, which torch refuses)."""
-    from nst_engine.transfer import photo_tensor
+    from nst_engine.tensors import photo_tensor
 
     rgb = np.random.default_rng(6).random((10, 12, 3), dtype=np.float32)
     tensor = photo_tensor(np.fliplr(rgb), torch.device("cpu"))
