@@ -130,7 +130,7 @@ install_plugin() {  # profile-dir, launcher-json
   mkdir "$staging/nst_contract"  # the rules the plug-in shares with the engine
   cp "$SRC/nst_contract/"*.py "$staging/nst_contract/"
   chmod 755 "$staging" "$staging/$PLUGIN.py" "$staging/nst_contract"
-  chmod 644 "$staging/nst_client.py" "$staging/nst_contract/"*.py
+  chmod 644 "$staging/"nst_*.py "$staging/nst_contract/"*.py
   local old=""
   [ -f "$plugins/$PLUGIN/nst-engine.json" ] && old=$(cat "$plugins/$PLUGIN/nst-engine.json")
   rm -rf "${plugins:?}/$PLUGIN"

@@ -233,18 +233,18 @@ def test_procedure_is_registered_in_the_filters_menu(results):
 def test_the_arguments_are_the_engines_knobs(results):
     """Declared in GIMP from the shared knobs (nst_contract.knobs): each argument's
     name, default, range, choices and help are its knob's, in the plug-in's order."""
-    import nst_client
+    import nst_arguments
 
     from nst_contract.knobs import KNOBS
 
     declared = get(results, "registration")["defaults"]
-    names = [nst_client.argument_name(knob) for knob in nst_client.ARGUMENT_KNOBS]
+    names = [nst_arguments.argument_name(knob) for knob in nst_arguments.ARGUMENT_KNOBS]
     assert get(results, "registration")["arguments"][-len(names):] == names
-    for knob, name in zip(nst_client.ARGUMENT_KNOBS, names):
+    for knob, name in zip(nst_arguments.ARGUMENT_KNOBS, names):
         spec, meta = declared[name], KNOBS[knob]
-        assert spec["default"] == nst_client.argument_default(knob), name
+        assert spec["default"] == nst_arguments.argument_default(knob), name
         assert spec["help"].lower() == meta["help"].lower(), name
-        assert spec["label"], name
+        assert spec["label"] == nst_arguments.LABELS[knob], name  # untranslated: English
         if meta["kind"] in (int, float) and not meta["choices"]:
             assert (spec["min"], spec["max"]) == (meta["min"], meta["max"]), name
         assert spec.get("choices") == (list(meta["choices"]) if meta["choices"] else None), \

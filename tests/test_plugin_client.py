@@ -7,13 +7,17 @@ import stat
 import sys
 from pathlib import Path
 
+import nst_arguments
 import nst_client
+import nst_config
+import nst_estimates
+import nst_messages
 import numpy as np
 import pytest
 
 
 def test_environment_is_cleaned_but_keeps_nst_variables():
-    env = nst_client.engine_environment({
+    env = nst_config.engine_environment({
         "PYTHONPATH": "/gimp/lib", "PYTHONHOME": "/gimp", "GI_TYPELIB_PATH": "x",
         "LD_LIBRARY_PATH": "/gimp/lib", "NST_WEIGHTS": "random", "NST_DATA_DIR": "/d",
         "HOME": "/home/me",
@@ -27,7 +31,7 @@ ARGUMENTS = {"style-strength": 0.7, "iterations": 250, "max-size": 800,
 
 
 def settings(**changes):
-    return nst_client.settings_from_config({**ARGUMENTS, **changes}.__getitem__)
+    return nst_arguments.settings_from_config({**ARGUMENTS, **changes}.__getitem__)
 
 
 def test_arguments_map_onto_engine_settings_by_name():
@@ -39,35 +43,35 @@ def test_arguments_map_onto_engine_settings_by_name():
     Settings.from_dict(settings())  # the engine accepts exactly these
     assert Settings.from_dict(settings(**{"max-size": 0})).auto_size  # 0: automatic
     # The argument defaults are the engine's, max size's "automatic" as 0.
-    defaults = nst_client.settings_from_config(
-        lambda name: nst_client.argument_default(name.replace("-", "_")))
+    defaults = nst_arguments.settings_from_config(
+        lambda name: nst_arguments.argument_default(name.replace("-", "_")))
     assert Settings.from_dict(defaults) == Settings(max_size=0)
 
 
 def test_engine_command_from_config_override_and_remote(tmp_path, monkeypatch):
     monkeypatch.delenv("NST_ENGINE_PYTHON", raising=False)
     monkeypatch.delenv("NST_SSH_OPTIONS", raising=False)
-    with pytest.raises(nst_client.ClientError) as info:
-        nst_client.engine_command(tmp_path)
+    with pytest.raises(nst_messages.ClientError) as info:
+        nst_config.engine_command(tmp_path)
     assert info.value.kind == "not_installed" and "install.sh" in info.value.message
     config = tmp_path / "nst-engine.json"
     config.write_text(json.dumps({"python": sys.executable}))
-    assert nst_client.engine_command(tmp_path) == (
-        [sys.executable, "-m", "nst_engine", "connect"], "this computer")
+    assert nst_config.engine_command(tmp_path) == (
+        [sys.executable, "-m", "nst_engine", "connect"], None)
     config.write_text(json.dumps(
         {"python": "/host/python", "launcher": ["flatpak-spawn", "--host"]}))
-    assert nst_client.engine_command(tmp_path)[0][:3] == ["flatpak-spawn", "--host",
+    assert nst_config.engine_command(tmp_path)[0][:3] == ["flatpak-spawn", "--host",
                                                           "/host/python"]
     config.write_text(json.dumps({"python": sys.executable, "remote": {
         "host": "me@gpu-box", "python": "/opt/nst env/bin/python"}}))
-    command, where = nst_client.engine_command(tmp_path)
-    assert where == "me@gpu-box" and command[0] == "ssh" and "BatchMode=yes" in command
+    command, host = nst_config.engine_command(tmp_path)
+    assert host == "me@gpu-box" and command[0] == "ssh" and "BatchMode=yes" in command
     # the remote command line is quoted word by word for the remote shell
     assert command[-2:] == ["me@gpu-box", "'/opt/nst env/bin/python' -m nst_engine connect"]
     monkeypatch.setenv("NST_ENGINE_PYTHON", str(tmp_path / "missing-python"))
     config.write_text(json.dumps({"python": sys.executable}))
-    with pytest.raises(nst_client.ClientError, match="does not exist"):
-        nst_client.engine_command(tmp_path)
+    with pytest.raises(nst_messages.ClientError, match="does not exist"):
+        nst_config.engine_command(tmp_path)
 
 
 def test_workdir_is_private_and_stale_ones_are_removed(tmp_path):
@@ -103,11 +107,11 @@ def test_run_engine_reports_progress_and_result(painting):
 def test_run_engine_turns_engine_errors_into_messages(tmp_path):
     _, raw, shape = layer()
     (tmp_path / "broken.jpg").write_bytes(b"not really a jpeg")
-    with pytest.raises(nst_client.ClientError) as info:
+    with pytest.raises(nst_messages.ClientError) as info:
         nst_client.run_engine(LOCAL, settings(iterations=3), raw, shape,
                               str(tmp_path / "broken.jpg"))
     assert info.value.kind == "bad_input" and "broken.jpg" in info.value.message
-    assert "style image and the options" in nst_client.user_message(info.value)
+    assert "style image and the options" in nst_messages.user_message(info.value)
 
 
 def test_an_engine_started_for_a_request_never_sent_is_ended(painting):
@@ -125,14 +129,14 @@ def test_an_engine_started_for_a_request_never_sent_is_ended(painting):
 def test_engine_crash_without_event(tmp_path):
     crash = [sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(9)"]
     _, raw, shape = layer()
-    with pytest.raises(nst_client.ClientError, match="boom"):
+    with pytest.raises(nst_messages.ClientError, match="boom"):
         nst_client.run_engine(crash, settings(), raw, shape, __file__)
 
 
 def test_eta_formatting():
-    assert nst_client.format_eta(42.4) == "42 s"
-    assert nst_client.format_eta(125) == "2 min 05 s"
-    assert nst_client.format_eta(3700) == "1 h 01 min"
+    assert nst_messages.format_eta(42.4) == "42 s"
+    assert nst_messages.format_eta(125) == "2 min 05 s"
+    assert nst_messages.format_eta(3700) == "1 h 01 min"
 
 
 def fake_engine(script):
@@ -152,7 +156,7 @@ def test_malformed_engine_output_is_a_clear_message(tmp_path, monkeypatch, outpu
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     command = fake_engine(f"sys.stdout.write({output!r})")
     _, raw, shape = layer()
-    with pytest.raises(nst_client.ClientError) as info:
+    with pytest.raises(nst_messages.ClientError) as info:
         nst_client.run_engine(command, settings(), raw, shape, __file__)
     assert info.value.kind == "internal"
     assert "stopped unexpectedly" in info.value.message
@@ -173,7 +177,7 @@ def test_a_payload_larger_than_the_layer_ends_the_run_before_room_is_made(
     allocations = []
     monkeypatch.setattr(nst_client, "bytearray", lambda *size: allocations.append(size)
                         or bytearray(*size), raising=False)
-    with pytest.raises(nst_client.ClientError, match="more than the .* of the layer sent") \
+    with pytest.raises(nst_messages.ClientError, match="more than the .* of the layer sent") \
             as info:
         nst_client.run_engine(command, settings(), raw, shape, __file__)
     assert info.value.kind == "internal" and (announced,) not in allocations
@@ -191,7 +195,7 @@ def test_internal_error_keeps_the_engine_log_in_the_cache(tmp_path, monkeypatch)
               "print('{\"event\": \"error\", \"kind\": \"internal\", \"message\": \"boom\"}')")
     _, raw, shape = layer()
     for _ in range(7):
-        with pytest.raises(nst_client.ClientError) as info:
+        with pytest.raises(nst_messages.ClientError) as info:
             nst_client.run_engine(fake_engine(script), settings(), raw, shape, __file__)
     logs = sorted((tmp_path / "cache" / "nst-gimp" / "logs").glob("engine-*.log"))
     assert len(logs) == 5  # rotated: the newest five
@@ -222,7 +226,7 @@ def test_a_full_logs_disk_leaves_no_empty_or_half_log_and_rotates(tmp_path, monk
         fill(disk / "more", 0)  # a second filler: the first stays
         assert nst_client.keep_log(str(stderr)) is None
         assert not list(logs.iterdir())  # no empty log, no temporary left
-        assert nst_client.log_note(None) == ""
+        assert nst_messages.log_note(None) == ""
 
 
 @pytest.mark.parametrize("size, changes, words", [
@@ -235,15 +239,15 @@ def test_the_dialog_says_which_runs_the_engine_would_refuse(size, changes, words
     refuse is its message in the dialog, with or without a calibration — never an
     estimate for a run that cannot start."""
     for calibration in (None, VALID_CALIBRATION):
-        with pytest.raises(nst_client.ClientError) as info:
-            nst_client.estimate_seconds(calibration, *size, settings(**changes))
+        with pytest.raises(nst_messages.ClientError) as info:
+            nst_estimates.estimate_seconds(calibration, *size, settings(**changes))
         assert info.value.kind == "bad_input" and words in info.value.message
-    assert nst_client.estimate_seconds(VALID_CALIBRATION, 4000, 30,
+    assert nst_estimates.estimate_seconds(VALID_CALIBRATION, 4000, 30,
                                        settings(**{"max-size": 8000})) > 0
 
 
 def test_speed_log_calibrates_and_estimates(tmp_path):
-    log = nst_client.SpeedLog()
+    log = nst_estimates.SpeedLog()
     log.launched -= 4.0  # the engine took 4 s to start
     log.on_event({"event": "started", "device": "cpu",
                   "scales": [[128, 128, 10, 1], [256, 256, 20, 1]]})
@@ -261,29 +265,37 @@ def test_speed_log_calibrates_and_estimates(tmp_path):
     assert calibration["device"] == "cpu" and calibration["top_fractions"] == {"256": 0.75}
     assert 3.5 < calibration["startup_s"] < 4.5
     path = tmp_path / "calibration.json"
-    nst_client.save_calibration(path, calibration)
-    loaded = nst_client.load_calibration(path)
-    seconds = nst_client.estimate_seconds(loaded, 256, 256, {"max_size": 256, "iterations": 30})
+    nst_estimates.save_calibration(path, calibration)
+    loaded = nst_estimates.load_calibration(path)
+    seconds = nst_estimates.estimate_seconds(loaded, 256, 256, {"max_size": 256, "iterations": 30})
     # start-up + 10 steps at 128² + 0.75 × 20 steps at 256²
     assert seconds == pytest.approx(calibration["startup_s"] + 1.0 + 6.0, rel=0.05)
-    auto = nst_client.estimate_seconds(loaded, 2000, 1000, {"max_size": 0, "iterations": 30})
+    auto = nst_estimates.estimate_seconds(loaded, 2000, 1000, {"max_size": 0, "iterations": 30})
     assert auto > seconds  # automatic on the CPU: 512 px
-    assert nst_client.estimate_seconds(None, 256, 256, {"max_size": 0, "iterations": 9}) is None
-    assert "about" in nst_client.format_estimate(seconds, "cpu")
-    assert "first run" in nst_client.format_estimate(None, None)
+    assert nst_estimates.estimate_seconds(None, 256, 256, {"max_size": 0, "iterations": 9}) is None
+    assert "about" in nst_messages.format_estimate(seconds, "cpu")
+    assert "first run" in nst_messages.format_estimate(None, None)
 
 
-def test_a_temporary_folder_that_cannot_be_made_is_an_os_error(tmp_path):
-    """The plug-in turns it into a message (Failure: 'Could not start the engine')."""
+def test_a_temporary_folder_that_cannot_be_made_is_a_message_and_starts_nothing(
+        tmp_path, monkeypatch):
+    """A full or unwritable /tmp: the photographer reads what to free, not 'the
+    plug-in failed unexpectedly', and no engine is left running."""
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(OSError):
-        nst_client.make_workdir(str(tmp_path / "a-file" / "below"))
+    monkeypatch.setattr(nst_client.tempfile, "tempdir", str(tmp_path / "a-file" / "below"))
+    started = []
+    monkeypatch.setattr(nst_client.subprocess, "Popen", lambda *a, **k: started.append(a))
+    with pytest.raises(nst_messages.ClientError) as info:
+        nst_client.EngineRun(LOCAL)
+    assert info.value.kind == "temp_folder" and "temporary folder" in info.value.message
+    assert "Nothing was added" in info.value.message
+    assert "TMPDIR" in nst_messages.user_message(info.value) and not started
 
 
 def test_estimate_counts_the_refinement_at_full_size(tmp_path):
     """The refinement's speed is measured per photo megapixel and step (its tiles'
     overlap included), kept across runs without one, and added where it will run."""
-    log = nst_client.SpeedLog()
+    log = nst_estimates.SpeedLog()
     log.on_event({"event": "started", "device": "cpu", "detail": True,
                   "scales": [[128, 128, 10, 1], [1000, 1000, 2, 4]]})
     elapsed = 0.0
@@ -304,19 +316,19 @@ def test_estimate_counts_the_refinement_at_full_size(tmp_path):
     assert calibration["detail_s_per_megapixel_step"] == pytest.approx(6.0)
     assert calibration["top_fractions"] == {"128": 1.0}
     path = tmp_path / "calibration.json"
-    nst_client.save_calibration(path, calibration)
+    nst_estimates.save_calibration(path, calibration)
     without = {k: v for k, v in calibration.items() if k != "detail_s_per_megapixel_step"}
-    nst_client.save_calibration(path, without)  # a later run without the refinement
-    loaded = nst_client.load_calibration(path)
+    nst_estimates.save_calibration(path, without)  # a later run without the refinement
+    loaded = nst_estimates.load_calibration(path)
     assert loaded["detail_s_per_megapixel_step"] == pytest.approx(6.0)  # kept
     settings = {"max_size": 128, "iterations": 10}
-    working = nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "working"})
-    full = nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "full"})
+    working = nst_estimates.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "working"})
+    full = nst_estimates.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "full"})
     from nst_contract.knobs import DETAIL_STEPS
 
     steps = DETAIL_STEPS["cpu"]
     assert full - working == pytest.approx(steps * 6.0)
-    assert nst_client.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "auto"}) \
+    assert nst_estimates.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "auto"}) \
         == working  # automatic: no refinement on the processor
 
 
@@ -327,8 +339,8 @@ def test_a_run_in_another_precision_starts_the_calibration_afresh(tmp_path):
     old = {"device": "cpu", "precision": "fp32", "startup_s": 3.0, "step_s": 0.0,
            "step_s_per_megapixel": 8.0, "top_fractions": {"512": 0.9},
            "detail_s_per_megapixel_step": 12.0}
-    nst_client.save_calibration(path, dict(old))
-    log = nst_client.SpeedLog()
+    nst_estimates.save_calibration(path, dict(old))
+    log = nst_estimates.SpeedLog()
     log.on_event({"event": "started", "device": "cpu", "precision": "bf16",
                   "scales": [[128, 128, 10, 1]]})
     for step in range(10):
@@ -338,12 +350,12 @@ def test_a_run_in_another_precision_starts_the_calibration_afresh(tmp_path):
     log.on_event({"event": "result", "path": "x", "steps": 10, "stopped": "completed"})
     new = log.calibration()
     assert new["precision"] == "bf16"
-    nst_client.save_calibration(path, new)
-    loaded = nst_client.load_calibration(path)
+    nst_estimates.save_calibration(path, new)
+    loaded = nst_estimates.load_calibration(path)
     assert loaded["precision"] == "bf16" and "detail_s_per_megapixel_step" not in loaded
     assert loaded["top_fractions"] == {"128": 1.0}
-    nst_client.save_calibration(path, {**new, "top_fractions": {"256": 0.7}})
-    assert nst_client.load_calibration(path)["top_fractions"] == {"128": 1.0, "256": 0.7}
+    nst_estimates.save_calibration(path, {**new, "top_fractions": {"256": 0.7}})
+    assert nst_estimates.load_calibration(path)["top_fractions"] == {"128": 1.0, "256": 0.7}
 
 
 @pytest.mark.parametrize("config, message", [
@@ -369,17 +381,17 @@ def test_a_malformed_config_entry_is_named_never_guessed(tmp_path, monkeypatch, 
     ignored, and the message says which entry to correct."""
     monkeypatch.delenv("NST_ENGINE_PYTHON", raising=False)
     (tmp_path / "nst-engine.json").write_text(json.dumps(config))
-    with pytest.raises(nst_client.ClientError) as info:
-        nst_client.engine_command(tmp_path)
+    with pytest.raises(nst_messages.ClientError) as info:
+        nst_config.engine_command(tmp_path)
     assert info.value.kind == "bad_config" and message in info.value.message
-    assert "nst-engine.json" in nst_client.user_message(info.value)
+    assert "nst-engine.json" in nst_messages.user_message(info.value)
 
 
 def test_a_config_that_is_not_a_regular_file_is_not_read(tmp_path, monkeypatch):
     monkeypatch.delenv("NST_ENGINE_PYTHON", raising=False)
     os.mkfifo(tmp_path / "nst-engine.json")  # reading it would wait for a writer forever
-    with pytest.raises(nst_client.ClientError, match="not a regular file"):
-        nst_client.engine_command(tmp_path)
+    with pytest.raises(nst_messages.ClientError, match="not a regular file"):
+        nst_config.engine_command(tmp_path)
 
 
 def test_ssh_options_reach_ssh_as_given(tmp_path, monkeypatch):
@@ -387,8 +399,8 @@ def test_ssh_options_reach_ssh_as_given(tmp_path, monkeypatch):
     monkeypatch.delenv("NST_SSH_OPTIONS", raising=False)
     (tmp_path / "nst-engine.json").write_text(json.dumps({"python": sys.executable, "remote": {
         "host": "me@gpu", "ssh_options": ["-C", "-p", "2222"]}}))
-    command, where = nst_client.engine_command(tmp_path)
-    assert where == "me@gpu"
+    command, host = nst_config.engine_command(tmp_path)
+    assert host == "me@gpu"
     assert command[command.index("--") - 3:command.index("--") + 2] == [
         "-C", "-p", "2222", "--", "me@gpu"]
 
@@ -411,21 +423,21 @@ def test_a_damaged_calibration_is_set_aside_and_the_dialog_opens(tmp_path, damag
     else:
         data.update(damage)
     path.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
-    assert nst_client.load_calibration(path) is None
+    assert nst_estimates.load_calibration(path) is None
     assert not path.exists() and (tmp_path / "nst-calibration.json.bad").exists()
     # no estimate rather than "about nan h", and the next run's measurement is kept
-    assert nst_client.estimate_seconds(None, 1000, 1000, {"max_size": 0, "iterations": 9}) \
+    assert nst_estimates.estimate_seconds(None, 1000, 1000, {"max_size": 0, "iterations": 9}) \
         is None
-    nst_client.save_calibration(path, dict(VALID_CALIBRATION))
-    assert nst_client.load_calibration(path) == VALID_CALIBRATION
+    nst_estimates.save_calibration(path, dict(VALID_CALIBRATION))
+    assert nst_estimates.load_calibration(path) == VALID_CALIBRATION
 
 
 def test_a_calibration_that_is_not_a_regular_file_is_not_read(tmp_path):
     path = tmp_path / "nst-calibration.json"
     os.mkfifo(path)
-    assert nst_client.load_calibration(path) is None  # at once, not waiting for a writer
-    nst_client.save_calibration(path, dict(VALID_CALIBRATION))
-    assert nst_client.load_calibration(path) == VALID_CALIBRATION
+    assert nst_estimates.load_calibration(path) is None  # at once, not waiting for a writer
+    nst_estimates.save_calibration(path, dict(VALID_CALIBRATION))
+    assert nst_estimates.load_calibration(path) == VALID_CALIBRATION
 
 
 def test_a_silent_engine_is_given_up_but_a_stopped_plugin_is_not(tmp_path, monkeypatch):
@@ -451,9 +463,9 @@ def test_a_silent_engine_is_given_up_but_a_stopped_plugin_is_not(tmp_path, monke
                 break
         assert run.error is not None and run.error.kind == "engine_silent"
         assert clock[0] - 1076.0 > nst_client.SILENT_ENGINE_S  # counted from the stop
-        assert "stopped answering" in nst_client.user_message(run.error)
+        assert "stopped answering" in nst_messages.user_message(run.error)
         assert run.process.wait(timeout=10) != 0  # ended, not left running
-        with pytest.raises(nst_client.ClientError) as info:
+        with pytest.raises(nst_messages.ClientError) as info:
             run.outcome()
         assert info.value.kind == "engine_silent"
     finally:

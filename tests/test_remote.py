@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import nst_client
+import nst_config
+import nst_messages
 import numpy as np
 import pytest
 from sshd import SSHServer, SSHUnavailable
@@ -46,12 +48,12 @@ def layer():
 
 def test_a_run_over_ssh_gives_the_local_result(server, painting):
     ssh, plugin = server
-    command, where = nst_client.engine_command(plugin)
-    assert command[0] == "ssh" and where == ssh.host
+    command, host = nst_config.engine_command(plugin)
+    assert command[0] == "ssh" and host == ssh.host
     data, raw, shape = layer()
     events = []
     remote = nst_client.run_engine(command, SETTINGS, raw, shape, str(painting),
-                                   events.append, where)
+                                   events.append, host)
     local = nst_client.run_engine([sys.executable, "-m", "nst_engine", "connect"], SETTINGS,
                                   raw, shape, str(painting))
     assert remote["payload"] == local["payload"]  # float32 both ways: nothing lost
@@ -61,7 +63,7 @@ def test_a_run_over_ssh_gives_the_local_result(server, painting):
 
 def test_keep_this_result_over_ssh(server, painting):
     ssh, plugin = server
-    command, where = nst_client.engine_command(plugin)
+    command, host = nst_config.engine_command(plugin)
     _, raw, shape = layer()
     run = None
 
@@ -69,7 +71,7 @@ def test_keep_this_result_over_ssh(server, painting):
         if event["event"] == "progress" and event["progress"].step == 3:
             run.send("finish")
 
-    run = nst_client.EngineRun(command, on_event, where)
+    run = nst_client.EngineRun(command, on_event, host)
     run.send_request({**SETTINGS, "iterations": 2000}, raw, shape, str(painting))
     result = run.read_to_end()
     assert result["stopped"] == "finished" and result["steps"] < 2000
@@ -82,7 +84,7 @@ def cpu_seconds(pid: int) -> float:
 
 def test_dropped_connection_cancels_the_remote_run(server, painting):
     ssh, plugin = server
-    command, where = nst_client.engine_command(plugin)
+    command, host = nst_config.engine_command(plugin)
     _, raw, shape = layer()
     seen = {}
 
@@ -92,12 +94,12 @@ def test_dropped_connection_cancels_the_remote_run(server, painting):
         if event["event"] == "progress" and event["progress"].step == 3:
             ssh.drop_connections()  # the network goes: the server side ends abruptly
 
-    run = nst_client.EngineRun(command, on_event, where)
+    run = nst_client.EngineRun(command, on_event, host)
     run.send_request({**SETTINGS, "iterations": 3000}, raw, shape, str(painting))
     while run.read_available():
         pass
     dropped = time.monotonic()
-    with pytest.raises(nst_client.ClientError) as info:
+    with pytest.raises(nst_messages.ClientError) as info:
         run.outcome()
     assert info.value.kind == "connection" and ssh.host in info.value.message
     # the remote engine stops working on the run within 10 s
@@ -123,12 +125,12 @@ def test_unreachable_host_is_a_clear_message(tmp_path, monkeypatch, painting):
                            "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
                           capture_output=True, text=True).stdout.strip()
     monkeypatch.setenv("NST_SSH_OPTIONS", f"-p {port}")  # nothing listens there
-    command, where = nst_client.engine_command(plugin)
+    command, host = nst_config.engine_command(plugin)
     _, raw, shape = layer()
-    with pytest.raises(nst_client.ClientError) as info:
-        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, where)
+    with pytest.raises(nst_messages.ClientError) as info:
+        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, host)
     assert info.value.kind == "connection" and "127.0.0.1" in info.value.message
-    assert "ssh" in nst_client.user_message(info.value).lower()
+    assert "ssh" in nst_messages.user_message(info.value).lower()
 
 
 def test_an_engine_not_installed_on_the_host_says_so(server, painting):
@@ -136,10 +138,10 @@ def test_an_engine_not_installed_on_the_host_says_so(server, painting):
     ssh, plugin = server
     (plugin / "nst-engine.json").write_text(json.dumps({"python": sys.executable, "remote": {
         "host": ssh.host, "python": "/nowhere/venv/bin/python"}}))
-    command, where = nst_client.engine_command(plugin)
+    command, host = nst_config.engine_command(plugin)
     _, raw, shape = layer()
-    with pytest.raises(nst_client.ClientError) as info:
-        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, where)
+    with pytest.raises(nst_messages.ClientError) as info:
+        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, host)
     assert info.value.kind == "not_installed"
     assert f"not installed on {ssh.host}" in info.value.message
     assert "install.sh" in info.value.message

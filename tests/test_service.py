@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import nst_client
+import nst_messages
 import numpy as np
 import pytest
 
@@ -112,7 +113,7 @@ def test_crash_mid_run_is_a_clear_message_and_the_next_run_starts_fresh(painting
         elif event["event"] == "started":
             kill_service.pid = event["engine_pid"]
 
-    with pytest.raises(nst_client.ClientError) as info:
+    with pytest.raises(nst_messages.ClientError) as info:
         run(painting, iterations=200, on_event=kill_service)
     assert info.value.kind == "internal" and "stopped unexpectedly" in info.value.message
     result, events = run(painting)
@@ -264,7 +265,7 @@ def test_a_client_with_other_weights_is_never_served_by_the_first_clients_servic
     _, events = run(painting)
     assert started(events)["weights"] == "random"
     monkeypatch.delenv("NST_WEIGHTS")
-    with pytest.raises(nst_client.ClientError) as info:
+    with pytest.raises(nst_messages.ClientError) as info:
         run(painting)
     assert info.value.kind == "no_weights"
     monkeypatch.setenv("NST_WEIGHTS", "random")  # the first client's world again

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import nst_client
+import nst_messages
 import numpy as np
 import pytest
 from streaming import EngineProcess, request
@@ -183,7 +184,7 @@ def test_a_stopped_service_is_named_and_the_next_run_starts_a_fresh_one(painting
 
     seen = []
     try:
-        with pytest.raises(nst_client.ClientError) as info:
+        with pytest.raises(nst_messages.ClientError) as info:
             run(painting, iterations=2000, on_event=lambda e: (seen.append(e), stop_it(e)))
         assert info.value.kind == "engine_silent"
         assert "stopped answering" in info.value.message
@@ -224,13 +225,14 @@ def test_a_plugin_stopped_and_resumed_is_told_what_happened(painting, tmp_path):
         import sys
         import numpy as np
         import nst_client
+        import nst_messages
         data = np.full((50, 60, 3), 0.5, np.float32)
         settings = {({**SETTINGS, "iterations": 5000, "converge": False})!r}
         try:
             nst_client.run_engine({CONNECT!r}, settings, data.tobytes(), data.shape,
                                   {str(painting)!r}, lambda e: print(e["event"], flush=True))
             print("RESULT", flush=True)
-        except nst_client.ClientError as error:
+        except nst_messages.ClientError as error:
             print("ERROR", error.kind, error.message, flush=True)
     """))
     env = {**os.environ, "NST_DEADLINE_SCALE": "1",  # the real bounds: pings every 2 s

@@ -1,23 +1,19 @@
 """The plug-in's side of the engine protocol (docs/protocol.md), standard library only.
 
-GIMP's bundled Python has neither torch nor numpy. This module finds the engine
-(this computer's, or one reached over SSH), runs ``nst_engine connect`` — which
-joins the warm engine service — sends it the layer's float32 pixels and the style
-file, and turns its events (with their payloads) into callbacks. It also measures
-each run for the dialog's time estimates. The knobs, the plan and the wire are the
-engine's own (``nst_contract``, which install.sh puts beside this file).
+GIMP's bundled Python has neither torch nor numpy. An :class:`EngineRun` starts the
+command ``nst_config.engine_command`` gives — ``nst_engine connect``, which joins the
+warm engine service, here or over SSH — sends it the layer's float32 pixels and the
+style file, turns its events (with their payloads) into callbacks, notices an engine
+that fell silent, and keeps the engine's log when it failed. The wire is the engine's
+own (``nst_contract.wire``, which install.sh puts beside this file).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import select
-import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -27,9 +23,10 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from nst_contract import plan
+from nst_config import engine_environment
+from nst_messages import ClientError, log_note
+
 from nst_contract.errors import EngineError
-from nst_contract.knobs import AUTO_SIZE, DEFAULTS, KNOBS, Settings
 from nst_contract.wire import (
     CLIENT_HEARTBEAT_S,
     PROTOCOL,
@@ -40,41 +37,20 @@ from nst_contract.wire import (
 )
 
 PAYLOAD_CHUNK = 16 << 20  # bytes of a payload read at once (the run window stays live)
+
 PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the layer's own bytes
-CONFIG_NAME = "nst-engine.json"  # written by install.sh next to the plug-in
-REMOTE_PYTHON = ".local/share/nst-engine/venv/bin/python"  # install.sh's, from the home
+
 # Longer than this between two looks at the engine, and it was this process that did
 # not run (a stopped or hung GIMP): the engine's silence is counted from now.
 SELF_STOPPED_S = deadline(5.0)
+
 LOOK_S = 0.5  # how often a run without a window looks for the engine's silence
+
 TEMP_PREFIX = "nst-gimp-"
-# Set by GIMP's bundled Python and harmful to a different interpreter.
-DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "GI_TYPELIB_PATH", "LD_LIBRARY_PATH")
-
-HINTS = {
-    "not_installed": "See the README's installation section; 'install.sh --check' tells what "
-    "is missing.",
-    "no_weights": "Install the network weights: run install.sh again, or "
-    "'<the engine's Python> -m nst_engine weights download'.",
-    "out_of_memory": "Lower 'Max size', select a smaller area, or close other GPU programs.",
-    "bad_input": "Check the style image and the options.",
-    "bad_config": "Correct that entry in nst-engine.json, in the plug-in's folder, or run "
-    "install.sh again: it writes the file anew.",
-    "internal": "Run 'install.sh --check'; if it reports no problem, please report this.",
-    "connection": "Check that 'ssh HOST' logs in without a password prompt, and that "
-    "install.sh ran on that machine; 'install.sh --check' tests the connection.",
-    "engine_silent": "The next run starts the engine afresh; if this happens again, "
-    "'install.sh --check' tells whether the engine works.",
-}
 
 
-class ClientError(Exception):
-    """A failure to show the user: ``kind`` as in the protocol, plus a human message."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+class Cancelled(Exception):
+    """The photographer cancelled the run (in the run window); nothing is added."""
 
 
 @dataclass
@@ -88,105 +64,6 @@ class Progress:
     detail: bool = False  # the refinement at full size
     tile: int = 1
     tiles: int = 1
-
-
-def engine_command(plugin_dir: str | os.PathLike) -> tuple[list[str], str]:
-    """The command that reaches the engine, and where it runs ("this computer" or the
-    SSH host), from ``NST_ENGINE_PYTHON`` or the config install.sh wrote beside the
-    plug-in (``read_config``): ``{"python": PATH}``, ``"launcher": ["flatpak-spawn",
-    "--host"]`` for a Flatpak GIMP, and ``"remote": {"host": "user@host", "python":
-    PATH, "ssh_options": [...]}`` for an engine on another machine. Either way it runs
-    ``nst_engine connect``, which joins the warm engine service (docs/protocol.md)."""
-    override = os.environ.get("NST_ENGINE_PYTHON")
-    config = read_config(Path(plugin_dir) / CONFIG_NAME, need_python=not override)
-    python = override or config["python"]
-    remote = config.get("remote")
-    if remote is not None:
-        return ssh_command(remote["host"], [remote.get("python", REMOTE_PYTHON), "-m",
-                                            "nst_engine", "connect"],
-                           remote.get("ssh_options", [])), remote["host"]
-    launcher = config.get("launcher", [])
-    if not launcher and not (os.path.isfile(python) and os.access(python, os.X_OK)):
-        raise ClientError(
-            "not_installed",
-            f"The engine's Python ({python}) does not exist or cannot run. "
-            "Run install.sh again to repair the installation.",
-        )
-    return [*launcher, python, "-m", "nst_engine", "connect"], "this computer"
-
-
-def read_config(path: Path, need_python: bool = True) -> dict:
-    """``nst-engine.json``, checked entry by entry. A malformed entry is a message that
-    names it, never a guess: a string where a list belongs is not split into
-    characters (``ssh_options: "-p 22"`` would otherwise reach ssh as words), and a
-    ``remote`` that is not an object is not quietly ignored (the photographer asked
-    for another machine). Only a regular file is read (a FIFO would hang GIMP)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ClientError("bad_config", f"{path} is not a regular file.")
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if not need_python:
-            return {}
-        raise ClientError(
-            "not_installed", f"The style transfer engine is not set up ({path} is "
-            "missing). Run install.sh from the plug-in's download folder.") from None
-    except (OSError, ValueError) as exc:
-        raise ClientError("bad_config", f"{path} cannot be read ({exc}).") from None
-    name = path.name
-    if not isinstance(config, dict):
-        raise ClientError("bad_config", f"{name} must hold a JSON object.")
-    if need_python or "python" in config:
-        _require(_is_text(config.get("python")), f"{name}: python must be the path of the "
-                 "engine's Python, as a string")
-    if "launcher" in config:
-        _require(_is_words(config["launcher"]), f"{name}: launcher must be a list of strings")
-    remote = config.get("remote")
-    if remote is not None:
-        _require(isinstance(remote, dict), f'{name}: remote must be an object such as '
-                 '{"host": "user@gpu-box"}')
-        _require(_is_text(remote.get("host")), f"{name}: remote.host must name the machine "
-                 "(user@host)")
-        if "python" in remote:
-            _require(_is_text(remote["python"]), f"{name}: remote.python must be a path")
-        if "ssh_options" in remote:
-            _require(_is_words(remote["ssh_options"]),
-                     f"{name}: ssh_options must be a list of strings")
-    return config
-
-
-def _is_text(value) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
-def _is_words(value) -> bool:
-    return isinstance(value, list) and all(_is_text(word) for word in value)
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ClientError("bad_config", message + ".")
-
-
-def ssh_command(host: str, remote: list[str], extra: list[str] = ()) -> list[str]:
-    """``ssh`` running ``remote`` on ``host``: SSH's own authentication only (no
-    password prompts), keep-alives so a dropped connection is noticed within ~10 s,
-    and each word quoted for the remote shell (ssh hands it one command line)."""
-    options = ["-T", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=3",
-               "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=15"]
-    tests = os.environ.get("NST_SSH_OPTIONS", "")  # tests: a port, a key, known hosts
-    return ["ssh", *options, *extra, *shlex.split(tests), "--", host,
-            " ".join(shlex.quote(word) for word in remote)]
-
-
-def engine_environment(environ: dict | None = None) -> dict:
-    """The parent's environment without what GIMP's Python sets; NST_* is kept."""
-    environ = dict(os.environ if environ is None else environ)
-    for name in DROPPED_ENV:
-        environ.pop(name, None)
-    environ["PYTHONIOENCODING"] = "utf-8"
-    return environ
-
 
 def make_workdir(base: str | None = None) -> str:
     """A private (0700) temporary folder; stale ones of dead plug-in runs are removed.
@@ -208,31 +85,6 @@ def make_workdir(base: str | None = None) -> str:
             continue
     return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=base)
 
-
-# The knobs the procedure has as arguments, in their order; each argument is named
-# for its knob (``style-strength`` for ``style_strength``) and takes its default,
-# range, choices and help from ``nst_contract.knobs``.
-ARGUMENT_KNOBS = ("style_strength", "iterations", "max_size", "preserve_colors", "seed",
-                  "detail", "device")
-
-
-def argument_name(knob: str) -> str:
-    return knob.replace("_", "-")
-
-
-def argument_default(knob: str):
-    """The knob's default as an argument: GIMP has no empty int, so an automatic
-    working size is its own value, 0."""
-    default = DEFAULTS[knob]
-    return AUTO_SIZE if default is None and knob == "max_size" else default
-
-
-def settings_from_config(value_of) -> dict:
-    """Engine settings from the procedure's arguments, read by name (``value_of(name)``)."""
-    return {knob: KNOBS[knob]["kind"](value_of(argument_name(knob)))
-            for knob in ARGUMENT_KNOBS}
-
-
 def _die_with_parent() -> None:
     """Linux: the engine gets SIGTERM if the plug-in process dies (belt and braces)."""
     try:
@@ -243,16 +95,6 @@ def _die_with_parent() -> None:
     except (OSError, AttributeError):
         pass
 
-
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
-
-
 class EngineRun:
     """One run through ``nst_engine connect`` (protocol 3): the request out on stdin,
     events (with their payloads) in from stdout, ``finish``/``cancel`` out.
@@ -262,8 +104,9 @@ class EngineRun:
     user's cache folder when the engine fails with an internal error.
     """
 
-    def __init__(self, command: list[str], on_event=None, where: str = "this computer") -> None:
-        self.where = where
+    def __init__(self, command: list[str], on_event=None, host: str | None = None) -> None:
+        self.host = host  # the SSH host the engine runs on; None: this computer
+        self.where = host or "this computer"  # as messages name it
         self.on_event = on_event
         self.result: dict | None = None
         self.error: ClientError | None = None
@@ -277,7 +120,11 @@ class EngineRun:
         self.most_payload = 0
         self._writing = threading.RLock()  # a signal handler may send while held
         self._heard = self._looked = time.monotonic()  # the engine's last byte; our last look
-        self.folder = make_workdir()
+        try:
+            self.folder = make_workdir()
+        except OSError as exc:  # a full or unwritable temporary folder
+            raise ClientError("temp_folder", "Could not make a temporary folder for the "
+                              f"engine's log: {exc}. Nothing was added to the image.") from None
         self.stderr_path = os.path.join(self.folder, "engine-stderr.txt")
         try:
             with open(self.stderr_path, "wb") as stderr:
@@ -500,17 +347,16 @@ class EngineRun:
         lines = [line for line in text.splitlines() if line.strip()]
         tail = next((line for line in reversed(lines) if not line[0].isspace()),
                     self.garbage or f"exit status {code}")
-        if self.where != "this computer" and code == 255:  # ssh's own failure
+        if self.host is not None and code == 255:  # ssh's own failure
             return ClientError("connection", f"The connection to {self.where} failed or "
                                f"was lost: {tail}")
-        if self.where != "this computer" and code in (126, 127):  # the shell's: no such
+        if self.host is not None and code in (126, 127):  # the shell's: no such
             return ClientError(  # program there, or not one it may run
                 "not_installed", f"The engine is not installed on {self.where} (its Python "
                 f"could not be run there: {tail}). Run ./install.sh on {self.where}, or set "
                 "remote.python in nst-engine.json to the engine's Python there.")
         return ClientError("internal", f"The engine on {self.where} stopped unexpectedly: "
                            f"{tail}" + log_note(keep_log(self.stderr_path)))
-
 
 def _read_into(fd: int, view: memoryview) -> int:
     """One read from ``fd`` into ``view``; the number of bytes read (0 at the end)."""
@@ -519,7 +365,6 @@ def _read_into(fd: int, view: memoryview) -> int:
     data = os.read(fd, len(view))  # Windows
     view[:len(data)] = data
     return len(data)
-
 
 def _array_ok(result: dict) -> bool:
     shape = result.get("shape")
@@ -530,7 +375,6 @@ def _array_ok(result: dict) -> bool:
     for n in shape:
         count *= n
     return result.get("dtype") == "<f4" and len(payload) == count
-
 
 def parse_event(raw: bytes) -> dict | None:
     """A protocol event, or None for anything else (garbage, a non-object, a progress
@@ -550,20 +394,17 @@ def parse_event(raw: bytes) -> dict | None:
             return None
     return event
 
-
 def run_engine(command: list[str], settings: dict, content: bytes, shape: tuple,
-               style_path: str, on_event=None, where: str = "this computer") -> dict:
+               style_path: str, on_event=None, host: str | None = None) -> dict:
     """Runs one request to its end (no window); returns the ``result`` event or raises
     ClientError."""
-    run = EngineRun(command, on_event, where)
+    run = EngineRun(command, on_event, host)
     run.send_request(settings, content, shape, style_path)
     return run.read_to_end()
-
 
 def log_folder() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "nst-gimp" / "logs"
-
 
 def keep_log(stderr_path: str, keep: int = 5, limit: int = 64 * 1024) -> str | None:
     """Copies the engine's stderr (its last ``limit`` bytes) into the user's cache
@@ -597,229 +438,3 @@ def keep_log(stderr_path: str, keep: int = 5, limit: int = 64 * 1024) -> str | N
             except OSError:
                 pass
         return None
-
-
-def log_note(path: str | None) -> str:
-    return f"\n\nThe engine's log is saved in {path}; please attach it to a report." if path \
-        else ""
-
-
-class SpeedLog:
-    """Measures a run from its events, for the next runs' time estimates: start-up,
-    seconds per step as ``a + b × pixels``, and the share of the top scale's steps
-    that runs with the convergence rule."""
-
-    def __init__(self) -> None:
-        self.launched = time.monotonic()
-        self.device = None
-        self.precision = None
-        self.planned: list = []
-        self.planned_detail = False
-        self.first_step_at = None
-        self.marks: dict[int, list] = {}  # scale → [pixels, first elapsed, last elapsed, steps]
-        self.working_end = 0.0  # elapsed at the working size's last step
-        self.detail = None  # the refinement: [last elapsed, steps, tiles, photo pixels]
-        self.result = None
-        self.first_seen: dict[str, float] = {}  # event kind → seconds after launch
-
-    def on_event(self, event: dict) -> None:
-        kind = event["event"]
-        self.first_seen.setdefault(kind, round(time.monotonic() - self.launched, 3))
-        if kind == "started":
-            self.device = event.get("device")
-            self.precision = event.get("precision", "fp32")
-            self.planned = event.get("scales", [])
-            self.planned_detail = bool(event.get("detail"))
-        elif kind == "progress":
-            p = event["progress"]
-            if self.first_step_at is None:
-                self.first_step_at = time.monotonic()
-            elapsed = float(event.get("elapsed_s", 0))
-            pixels = event.get("pixels") or event.get("width", 0) * event.get("height", 0)
-            mark = self.marks.setdefault(p.scale, [pixels, elapsed, 0.0, 0])
-            mark[2] = elapsed
-            mark[3] += 1
-            if not p.detail:
-                self.working_end = elapsed
-            else:
-                self.detail = self.detail or [0.0, 0, p.tiles,
-                                              event.get("width", 0) * event.get("height", 0)]
-                self.detail[0], self.detail[1] = elapsed, self.detail[1] + 1
-        elif kind == "result":
-            self.result = event
-
-    def report(self) -> None:
-        """Prints when each kind of event first came, with NST_PLUGIN_TIMINGS set."""
-        if os.environ.get("NST_PLUGIN_TIMINGS"):
-            text = ", ".join(f"{kind} {at:.2f} s" for kind, at in self.first_seen.items())
-            print(f"nst-timings: {text}", file=sys.stderr, flush=True)
-
-    def calibration(self) -> dict | None:
-        points = [(pixels, (last - first) / (steps - 1))
-                  for pixels, first, last, steps in self.marks.values() if steps > 2]
-        if not points or self.first_step_at is None or not self.device:
-            return None
-        a, b = _fit_line(points)
-        first_pixels = self.marks[min(self.marks)][0]
-        startup = self.first_step_at - self.launched - (a + b * first_pixels)
-        fractions = {}
-        working = len(self.planned) - (1 if self.planned_detail else 0)
-        if self.result and self.result.get("stopped") in ("completed", "converged") \
-                and working in self.marks:
-            top = self.planned[working - 1]
-            fractions[str(max(top[0], top[1]))] = round(
-                self.marks[working][3] / max(1, top[2]), 3)
-        calibration = {"device": self.device, "precision": self.precision,
-                       "startup_s": round(max(0.0, startup), 3),
-                       "step_s": round(a, 6), "step_s_per_megapixel": round(b * 1e6, 6),
-                       "top_fractions": fractions}
-        if self.detail:
-            last, ticks, tiles, pixels = self.detail
-            calibration["detail_s_per_megapixel_step"] = round(
-                (last - self.working_end) / (ticks / tiles * pixels / 1e6), 6)
-        return calibration
-
-
-def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares ``t = a + b·x`` through the points (through 0 for a single one)."""
-    if len(points) == 1:
-        x, t = points[0]
-        return 0.0, t / x
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    mt = sum(t for _, t in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    b = sum((x - mx) * (t - mt) for x, t in points) / sxx if sxx else mt / mx
-    a = mt - b * mx
-    if a < 0:  # not physical: a step cannot take negative time
-        return 0.0, sum(t for _, t in points) / sum(x for x, _ in points)
-    return a, max(b, 0.0)
-
-
-def load_calibration(path: str | os.PathLike) -> dict | None:
-    """The speed measured by earlier runs, or None. A damaged one (a missing or
-    mistyped field, a number that is not finite, not a regular file) is set aside
-    as ``*.bad``: the dialog opens without an estimate and the next run measures
-    anew, instead of every run failing until the file is deleted by hand."""
-    path = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ValueError("not a regular file")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        _check_calibration(data)
-        return data
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        try:
-            os.replace(path, f"{path}.bad")
-        except OSError:
-            pass
-        return None
-
-
-def _check_calibration(data) -> None:
-    """Raises ValueError unless ``data`` is a calibration the estimate can use."""
-    def number(value, positive: bool = False) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise ValueError(f"not a usable number: {value!r}")
-
-    if not isinstance(data, dict) or data.get("device") not in ("cpu", "cuda", "mps"):
-        raise ValueError("no device")
-    if not isinstance(data.get("precision", "fp32"), (str, type(None))):
-        raise ValueError("precision is not a name")
-    for key in ("startup_s", "step_s", "step_s_per_megapixel"):
-        number(data[key])
-    fractions = data.get("top_fractions", {})
-    if not isinstance(fractions, dict) or not all(isinstance(key, str) for key in fractions):
-        raise ValueError("top_fractions is not a table")
-    for value in fractions.values():
-        number(value, positive=True)
-    if "detail_s_per_megapixel_step" in data:
-        number(data["detail_s_per_megapixel_step"], positive=True)
-
-
-def save_calibration(path: str | os.PathLike, new: dict) -> None:
-    """Stores ``new`` (from :meth:`SpeedLog.calibration`), keeping what was measured
-    before and not this time (shares of top-scale steps at other sizes, the
-    refinement's speed) when it was on the same device in the same precision
-    (bf16 halves the time of a step); quiet on failure."""
-    old = load_calibration(path) or {}
-    if (old.get("device"), old.get("precision")) == (new["device"], new.get("precision")):
-        if isinstance(old.get("top_fractions"), dict):
-            new["top_fractions"] = {**old["top_fractions"], **new.get("top_fractions", {})}
-        if "detail_s_per_megapixel_step" in old:
-            new.setdefault("detail_s_per_megapixel_step", old["detail_s_per_megapixel_step"])
-    try:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(new, handle)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-# Share of the top scale's steps a run takes before the convergence rule stops it,
-# where none was measured at that size yet: 0.67 at 256 px, 0.90 at 512 px and 1.0 at
-# 1024 px here (benchmarks/RESULTS.md); erring long is kinder than erring short.
-DEFAULT_TOP_FRACTION = 1.0
-# The refinement at full size works in overlapping tiles: pixel-steps per photo pixel
-# and step, about, until a refinement has been measured here.
-DETAIL_OVERLAP = 1.3
-
-
-def planned_run(width: int, height: int, settings: dict, device: str):
-    """The engine's own plan of a run of ``settings`` on ``device``: its settings and
-    working scales (the refinement at full size comes after them). A run the engine
-    would refuse (a setting out of range, an image too thin for its max size) is the
-    engine's message, as ClientError ``bad_input``."""
-    try:
-        knobs = Settings.from_dict(settings)
-        max_size = knobs.max_size or plan.auto_max_size(device)
-        return knobs, plan.plan_scales(width, height, max_size, knobs.iterations)
-    except EngineError as error:
-        raise ClientError(error.kind, error.message[:1].upper() + error.message[1:] + ".") \
-            from None
-
-
-def estimate_seconds(calibration: dict | None, width: int, height: int,
-                     settings: dict) -> float | None:
-    """Seconds a run of these settings should take here, or None before the first run;
-    ClientError for a run the engine would refuse (:func:`planned_run`)."""
-    device = (calibration or {}).get("device") or \
-        ("cpu" if settings.get("device", "auto") in ("auto", "cpu") else settings["device"])
-    knobs, scales = planned_run(width, height, settings, device)
-    if not calibration:
-        return None
-    top = scales[-1]
-    fractions = calibration.get("top_fractions") or {}
-    fraction = fractions.get(str(max(top.width, top.height)), DEFAULT_TOP_FRACTION)
-    seconds = float(calibration["startup_s"])
-    for scale in scales:
-        steps = max(1, scale.steps * min(1.0, fraction)) if scale is top else scale.steps
-        per_step = calibration["step_s"] + \
-            calibration["step_s_per_megapixel"] * scale.width * scale.height / 1e6
-        seconds += steps * per_step
-    if knobs.refines(device) and (top.width, top.height) != (width, height):
-        rate = calibration.get("detail_s_per_megapixel_step") or \
-            DETAIL_OVERLAP * calibration["step_s_per_megapixel"]
-        seconds += knobs.refinement_steps(device) * width * height / 1e6 * rate
-    return seconds
-
-
-def format_estimate(seconds: float | None, device: str | None) -> str:
-    if seconds is None:
-        return "Time: measured on the first run, then estimated here before each run."
-    where = {"cpu": "the processor", "cuda": "the GPU", "mps": "the GPU"}.get(device, device)
-    if seconds < 60:
-        text = f"about {max(5, int(round(seconds / 5.0)) * 5)} s"
-    elif seconds < 3600:
-        text = f"about {int(round(seconds / 60.0))} min"
-    else:
-        text = f"about {seconds / 3600:.1f} h"
-    return f"Estimated time: {text} on {where}"
-
-
-def user_message(error: ClientError) -> str:
-    return f"{error.message}\n\n{HINTS.get(error.kind, '')}".strip()

@@ -1,0 +1,79 @@
+"""The procedure's arguments: which knobs (``nst_contract.knobs``) it has, how the
+dialog labels them, their names and defaults as GIMP holds them, and the engine
+settings read back from them; standard library only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nst_messages import N_, _
+
+from nst_contract.knobs import AUTO_SIZE, DEFAULTS, KNOBS
+
+# The knobs the procedure has as arguments, in their order; each argument is named
+# for its knob (``style-strength`` for ``style_strength``) and takes its default,
+# range, choices and help from ``nst_contract.knobs``.
+ARGUMENT_KNOBS = ("style_strength", "iterations", "max_size", "preserve_colors", "seed",
+                  "detail", "device")
+# How the dialog names them and their choices (the underscore: the mnemonic).
+LABELS = {
+    "style_strength": N_("Style stre_ngth"),
+    "iterations": N_("It_erations"),
+    "max_size": N_("_Max size (0 = automatic)"),
+    "preserve_colors": N_("_Keep the photo's colours"),
+    "seed": N_("See_d"),
+    "detail": N_("De_tail"),
+    "device": N_("De_vice"),
+}
+CHOICE_LABELS = {
+    "detail": {"auto": N_("Automatic (full size on a GPU)"),
+               "working": N_("Working size, enlarged (fast)"),
+               "full": N_("Refine at full size (sharp at 100 %)")},
+    "device": {"auto": N_("Automatic (GPU if available)"), "cuda": N_("NVIDIA GPU (CUDA)"),
+               "mps": N_("Apple GPU (Metal)"), "cpu": N_("Processor (CPU)")},
+}
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One knob's argument, as GIMP declares it."""
+
+    knob: str
+    name: str
+    label: str
+    help: str
+    kind: type
+    default: object
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[tuple[str, str], ...] = ()  # (nick, label), in the knob's order
+
+
+def argument_name(knob: str) -> str:
+    return knob.replace("_", "-")
+
+
+def argument_default(knob: str):
+    """The knob's default as an argument: GIMP has no empty int, so an automatic
+    working size is its own value, 0."""
+    default = DEFAULTS[knob]
+    return AUTO_SIZE if default is None and knob == "max_size" else default
+
+
+def arguments() -> list[Argument]:
+    """Every knob argument, in the procedure's order."""
+    declared = []
+    for knob in ARGUMENT_KNOBS:
+        meta = KNOBS[knob]
+        declared.append(Argument(
+            knob, argument_name(knob), _(LABELS[knob]),
+            _(meta["help"][:1].upper() + meta["help"][1:]), meta["kind"],
+            argument_default(knob), meta["min"], meta["max"],
+            tuple((nick, _(CHOICE_LABELS[knob][nick])) for nick in meta["choices"] or ())))
+    return declared
+
+
+def settings_from_config(value_of) -> dict:
+    """Engine settings from the procedure's arguments, read by name (``value_of(name)``)."""
+    return {knob: KNOBS[knob]["kind"](value_of(argument_name(knob)))
+            for knob in ARGUMENT_KNOBS}

@@ -1,0 +1,48 @@
+"""The procedure's dialog: GIMP's own, filled from the arguments, with the run's
+estimated time under the options, updated whenever an option changes."""
+
+from __future__ import annotations
+
+import gi
+
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gtk", "3.0")
+import nst_estimates  # noqa: E402
+from gi.repository import GimpUi, Gtk  # noqa: E402
+from nst_arguments import settings_from_config  # noqa: E402
+from nst_messages import ClientError, _, format_estimate  # noqa: E402
+
+
+def show_dialog(procedure, config, drawables, plugin_name: str,
+                calibration_path: str) -> bool:
+    """True when the photographer pressed OK."""
+    GimpUi.init(plugin_name)
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, _("Neural Style Transfer"))
+    dialog.fill(None)
+    estimate = Gtk.Label(xalign=0)
+    estimate.set_line_wrap(True)
+    estimate.set_margin_start(12)
+    estimate.set_margin_end(12)
+    dialog.get_content_area().pack_end(estimate, False, False, 6)
+    calibration = nst_estimates.load_calibration(calibration_path)
+    ok, _x, _y, width, height = drawables[0].mask_intersect() if len(drawables) == 1 \
+        else (False, 0, 0, 0, 0)
+
+    def update(*_args) -> None:
+        if not ok:
+            estimate.set_text("")
+            return
+        settings = settings_from_config(config.get_property)
+        try:
+            seconds = nst_estimates.estimate_seconds(calibration, width, height, settings)
+        except ClientError as refused:  # the engine would refuse this run
+            estimate.set_text(refused.message)
+            return
+        estimate.set_text(format_estimate(seconds, calibration and calibration.get("device")))
+
+    config.connect("notify", update)
+    update()
+    estimate.show()
+    accepted = dialog.run()
+    dialog.destroy()
+    return accepted

@@ -1,0 +1,225 @@
+"""The dialog's time estimates: each run measured from its events (``SpeedLog``), the
+measurements kept across runs (the calibration file), and the next run's seconds from
+the engine's own plan (``nst_contract.plan``); standard library only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+from nst_messages import ClientError
+
+from nst_contract import plan
+from nst_contract.errors import EngineError
+from nst_contract.knobs import Settings
+
+
+def timing(what: str, since: float) -> None:
+    """With NST_PLUGIN_TIMINGS set: when ``what`` happened, in seconds after ``since``
+    (the photographer's OK), for the benchmarks."""
+    if os.environ.get("NST_PLUGIN_TIMINGS"):
+        print(f"nst-timings: {what} {time.monotonic() - since:.2f} s after OK",
+              file=sys.stderr, flush=True)
+
+
+class SpeedLog:
+    """Measures a run from its events, for the next runs' time estimates: start-up,
+    seconds per step as ``a + b × pixels``, and the share of the top scale's steps
+    that runs with the convergence rule."""
+
+    def __init__(self) -> None:
+        self.launched = time.monotonic()
+        self.device = None
+        self.precision = None
+        self.planned: list = []
+        self.planned_detail = False
+        self.first_step_at = None
+        self.marks: dict[int, list] = {}  # scale → [pixels, first elapsed, last elapsed, steps]
+        self.working_end = 0.0  # elapsed at the working size's last step
+        self.detail = None  # the refinement: [last elapsed, steps, tiles, photo pixels]
+        self.result = None
+        self.first_seen: dict[str, float] = {}  # event kind → seconds after launch
+
+    def on_event(self, event: dict) -> None:
+        kind = event["event"]
+        self.first_seen.setdefault(kind, round(time.monotonic() - self.launched, 3))
+        if kind == "started":
+            self.device = event.get("device")
+            self.precision = event.get("precision", "fp32")
+            self.planned = event.get("scales", [])
+            self.planned_detail = bool(event.get("detail"))
+        elif kind == "progress":
+            p = event["progress"]
+            if self.first_step_at is None:
+                self.first_step_at = time.monotonic()
+            elapsed = float(event.get("elapsed_s", 0))
+            pixels = event.get("pixels") or event.get("width", 0) * event.get("height", 0)
+            mark = self.marks.setdefault(p.scale, [pixels, elapsed, 0.0, 0])
+            mark[2] = elapsed
+            mark[3] += 1
+            if not p.detail:
+                self.working_end = elapsed
+            else:
+                self.detail = self.detail or [0.0, 0, p.tiles,
+                                              event.get("width", 0) * event.get("height", 0)]
+                self.detail[0], self.detail[1] = elapsed, self.detail[1] + 1
+        elif kind == "result":
+            self.result = event
+
+    def report(self) -> None:
+        """Prints when each kind of event first came, with NST_PLUGIN_TIMINGS set."""
+        if os.environ.get("NST_PLUGIN_TIMINGS"):
+            text = ", ".join(f"{kind} {at:.2f} s" for kind, at in self.first_seen.items())
+            print(f"nst-timings: {text}", file=sys.stderr, flush=True)
+
+    def calibration(self) -> dict | None:
+        points = [(pixels, (last - first) / (steps - 1))
+                  for pixels, first, last, steps in self.marks.values() if steps > 2]
+        if not points or self.first_step_at is None or not self.device:
+            return None
+        a, b = _fit_line(points)
+        first_pixels = self.marks[min(self.marks)][0]
+        startup = self.first_step_at - self.launched - (a + b * first_pixels)
+        fractions = {}
+        working = len(self.planned) - (1 if self.planned_detail else 0)
+        if self.result and self.result.get("stopped") in ("completed", "converged") \
+                and working in self.marks:
+            top = self.planned[working - 1]
+            fractions[str(max(top[0], top[1]))] = round(
+                self.marks[working][3] / max(1, top[2]), 3)
+        calibration = {"device": self.device, "precision": self.precision,
+                       "startup_s": round(max(0.0, startup), 3),
+                       "step_s": round(a, 6), "step_s_per_megapixel": round(b * 1e6, 6),
+                       "top_fractions": fractions}
+        if self.detail:
+            last, ticks, tiles, pixels = self.detail
+            calibration["detail_s_per_megapixel_step"] = round(
+                (last - self.working_end) / (ticks / tiles * pixels / 1e6), 6)
+        return calibration
+
+def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``t = a + b·x`` through the points (through 0 for a single one)."""
+    if len(points) == 1:
+        x, t = points[0]
+        return 0.0, t / x
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    mt = sum(t for _, t in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (t - mt) for x, t in points) / sxx if sxx else mt / mx
+    a = mt - b * mx
+    if a < 0:  # not physical: a step cannot take negative time
+        return 0.0, sum(t for _, t in points) / sum(x for x, _ in points)
+    return a, max(b, 0.0)
+
+def load_calibration(path: str | os.PathLike) -> dict | None:
+    """The speed measured by earlier runs, or None. A damaged one (a missing or
+    mistyped field, a number that is not finite, not a regular file) is set aside
+    as ``*.bad``: the dialog opens without an estimate and the next run measures
+    anew, instead of every run failing until the file is deleted by hand."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("not a regular file")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        _check_calibration(data)
+        return data
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            os.replace(path, f"{path}.bad")
+        except OSError:
+            pass
+        return None
+
+def _check_calibration(data) -> None:
+    """Raises ValueError unless ``data`` is a calibration the estimate can use."""
+    def number(value, positive: bool = False) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError(f"not a usable number: {value!r}")
+
+    if not isinstance(data, dict) or data.get("device") not in ("cpu", "cuda", "mps"):
+        raise ValueError("no device")
+    if not isinstance(data.get("precision", "fp32"), (str, type(None))):
+        raise ValueError("precision is not a name")
+    for key in ("startup_s", "step_s", "step_s_per_megapixel"):
+        number(data[key])
+    fractions = data.get("top_fractions", {})
+    if not isinstance(fractions, dict) or not all(isinstance(key, str) for key in fractions):
+        raise ValueError("top_fractions is not a table")
+    for value in fractions.values():
+        number(value, positive=True)
+    if "detail_s_per_megapixel_step" in data:
+        number(data["detail_s_per_megapixel_step"], positive=True)
+
+def save_calibration(path: str | os.PathLike, new: dict) -> None:
+    """Stores ``new`` (from :meth:`SpeedLog.calibration`), keeping what was measured
+    before and not this time (shares of top-scale steps at other sizes, the
+    refinement's speed) when it was on the same device in the same precision
+    (bf16 halves the time of a step); quiet on failure."""
+    old = load_calibration(path) or {}
+    if (old.get("device"), old.get("precision")) == (new["device"], new.get("precision")):
+        if isinstance(old.get("top_fractions"), dict):
+            new["top_fractions"] = {**old["top_fractions"], **new.get("top_fractions", {})}
+        if "detail_s_per_megapixel_step" in old:
+            new.setdefault("detail_s_per_megapixel_step", old["detail_s_per_megapixel_step"])
+    try:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(new, handle)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+# Share of the top scale's steps a run takes before the convergence rule stops it,
+# where none was measured at that size yet: 0.67 at 256 px, 0.90 at 512 px and 1.0 at
+# 1024 px here (benchmarks/RESULTS.md); erring long is kinder than erring short.
+DEFAULT_TOP_FRACTION = 1.0
+
+# The refinement at full size works in overlapping tiles: pixel-steps per photo pixel
+# and step, about, until a refinement has been measured here.
+DETAIL_OVERLAP = 1.3
+
+def planned_run(width: int, height: int, settings: dict, device: str):
+    """The engine's own plan of a run of ``settings`` on ``device``: its settings and
+    working scales (the refinement at full size comes after them). A run the engine
+    would refuse (a setting out of range, an image too thin for its max size) is the
+    engine's message, as ClientError ``bad_input``."""
+    try:
+        knobs = Settings.from_dict(settings)
+        max_size = knobs.max_size or plan.auto_max_size(device)
+        return knobs, plan.plan_scales(width, height, max_size, knobs.iterations)
+    except EngineError as error:
+        raise ClientError(error.kind, error.message[:1].upper() + error.message[1:] + ".") \
+            from None
+
+def estimate_seconds(calibration: dict | None, width: int, height: int,
+                     settings: dict) -> float | None:
+    """Seconds a run of these settings should take here, or None before the first run;
+    ClientError for a run the engine would refuse (:func:`planned_run`)."""
+    device = (calibration or {}).get("device") or \
+        ("cpu" if settings.get("device", "auto") in ("auto", "cpu") else settings["device"])
+    knobs, scales = planned_run(width, height, settings, device)
+    if not calibration:
+        return None
+    top = scales[-1]
+    fractions = calibration.get("top_fractions") or {}
+    fraction = fractions.get(str(max(top.width, top.height)), DEFAULT_TOP_FRACTION)
+    seconds = float(calibration["startup_s"])
+    for scale in scales:
+        steps = max(1, scale.steps * min(1.0, fraction)) if scale is top else scale.steps
+        per_step = calibration["step_s"] + \
+            calibration["step_s_per_megapixel"] * scale.width * scale.height / 1e6
+        seconds += steps * per_step
+    if knobs.refines(device) and (top.width, top.height) != (width, height):
+        rate = calibration.get("detail_s_per_megapixel_step") or \
+            DETAIL_OVERLAP * calibration["step_s_per_megapixel"]
+        seconds += knobs.refinement_steps(device) * width * height / 1e6 * rate
+    return seconds

@@ -1,0 +1,84 @@
+"""What the run window shows, worked out from the engine's events and the
+photographer's clicks; standard library only (no GTK, no GIMP), so that it is tested
+outside GIMP. ``nst_run_window.RunWindow`` draws it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nst_messages import _, device_name, format_eta
+
+
+@dataclass
+class RunState:
+    """The run window's texts and buttons; ``where`` names the engine's machine."""
+
+    where: str
+    waiting: str | None = field(default_factory=lambda: _("Starting the engine…"))
+    status: str = ""
+    step: str = "–"
+    scale: str = "–"
+    elapsed: str = "–"
+    remaining: str = "–"
+    fraction: float = 0.0
+    keep_enabled: bool = False
+    cancel_enabled: bool = True
+    cancelled: bool = False
+    kept: bool = False  # Keep this result was pressed
+    progress_text: str | None = None  # for GIMP's progress bar, at each step
+    in_detail: bool = False  # the last step was the refinement at full size
+
+    def on_event(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "started":
+            self.waiting = _("Working out the style…")
+            device = device_name(event.get("device"))
+            arithmetic = _(" (fast bf16 arithmetic)") if event.get("precision") == "bf16" \
+                else ""
+            self.status = _("{width}×{height} px, worked out at up to {size} px on the "
+                            "{device} of {where}{arithmetic}").format(
+                width=event.get("width"), height=event.get("height"),
+                size=event.get("max_size"), device=device, where=self.where,
+                arithmetic=arithmetic)
+        elif kind == "queued":
+            self.waiting = _("Waiting for the engine: another picture is being painted")
+        elif kind == "progress":
+            p = event["progress"]
+            self.in_detail = p.detail
+            self.keep_enabled = not (self.cancelled or self.kept)
+            self.step = _("{step} of {total}").format(step=p.step, total=p.total)
+            if p.detail:
+                self.scale = _("full size, tile {tile} of {tiles}").format(
+                    tile=p.tile, tiles=p.tiles)
+            else:
+                tiles = _(", tile {tile} of {tiles}").format(tile=p.tile, tiles=p.tiles) \
+                    if p.tiles > 1 else ""
+                self.scale = _("{scale} of {scales} ({width}×{height}{tiles})").format(
+                    scale=p.scale, scales=p.scales, width=event.get("width"),
+                    height=event.get("height"), tiles=tiles)
+            self.remaining = _("at most {time}").format(time=format_eta(p.eta_s))
+            self.fraction = min(1.0, p.fraction)
+            self.progress_text = _("Neural style transfer: step {step} of {total}").format(
+                step=p.step, total=p.total)
+        elif kind == "result":
+            self.status = _("Adding the layer…")
+
+    def picture_shown(self) -> None:
+        self.waiting = None
+
+    def tick(self, elapsed_s: float, engine_silent: bool) -> None:
+        self.elapsed = format_eta(elapsed_s)
+        if engine_silent:
+            self.status = _("The engine stopped answering.")
+
+    def keep(self) -> None:
+        """Keep this result: the engine finishes with the picture as it is."""
+        self.kept = True
+        self.keep_enabled = self.cancel_enabled = False
+        self.status = _("Keeping the picture as it was before the full-size pass…") \
+            if self.in_detail else _("Finishing: enlarging the picture to the layer's size…")
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.keep_enabled = self.cancel_enabled = False
+        self.status = _("Cancelling…")
