@@ -27,7 +27,7 @@ pytestmark = pytest.mark.gimp
 
 SCENARIOS = ["registration", "basic", "deep", "float", "gray", "selection", "missing_style",
              "bad_style", "group", "two_layers", "killed", "kept_early", "refined",
-             "linear_wide_gamut"]
+             "linear_wide_gamut", "series"]
 SCENARIO_FUNCS = {"float": "deep_float_levels", "group": "in_group"}
 
 
@@ -254,7 +254,7 @@ def test_the_arguments_are_the_engines_knobs(results):
 def test_new_layer_above_source_with_offsets_alpha_and_name(results):
     run = get(results, "basic")
     assert run["status"] == "success", run["message"]
-    assert run["stack"] == ["above", "style-painting", "photo"]
+    assert run["stack"] == ["above", "style-painting (strength 0.5)", "photo"]
     new, source = run["new"], run["source"]
     assert (new["width"], new["height"], new["x"], new["y"]) == (60, 44, 5, 7)
     assert new["has_alpha"] and not new["has_mask"]
@@ -262,6 +262,19 @@ def test_new_layer_above_source_with_offsets_alpha_and_name(results):
     assert run["alpha_equal"], "the alpha channel must come back exactly"
     assert run["changed"] > 0.01, "the new layer should differ from the photo"
     assert source["name"] == "photo"
+
+
+def test_a_series_of_results_stacks_newest_on_top_and_leaves_the_photo_active(results):
+    run = get(results, "series")
+    assert [status for status, _ in run["outcomes"]] == ["success", "success"], run
+    assert run["stack"] == ["above", "style-painting (strength 0.8, photo's colours)",
+                            "style-painting (strength 0.3)", "photo"]
+    assert run["selected"] == [["photo"], ["photo"]]
+    recipe = run["recipe"]
+    assert recipe["format"] == 1 and recipe["source"] == run["photo_tattoo"]
+    assert recipe["style"] == "style-painting.png" and run["persistent"]
+    assert recipe["settings"]["style_strength"] == 0.8
+    assert recipe["settings"]["preserve_colors"] is True
 
 
 def test_refinement_at_full_size_keeps_offsets_alpha_and_16_bits(results):
@@ -343,14 +356,15 @@ def test_keep_this_result_early_adds_exactly_one_layer(results):
     run = get(results, "kept_early")
     assert results["watched"].get("keep-me"), f"the watcher never saw the run: {run}"
     assert run["status"] == "success", run["message"]
-    assert run["layers"] == ["keep-me-style", "photo"] and run["channels"] == 0
+    assert run["layers"] == ["keep-me-style (strength 0.5)", "photo"]
+    assert run["channels"] == 0
 
 
 def test_layer_inside_a_group(results):
     run = get(results, "group")
     assert run["status"] == "success", run["message"]
     assert run["top"] == ["group", "photo"]
-    assert run["children"] == ["style-painting", "inner"]
+    assert run["children"] == ["style-painting (strength 0.5)", "inner"]
     assert (run["new"]["x"], run["new"]["y"]) == (3, 4)
 
 
@@ -368,7 +382,8 @@ def test_no_temporary_folders_left(results):
 def test_a_run_over_ssh_adds_the_layer(results):
     run = get(results, "over_ssh")
     assert run["status"] == "success", run["message"]
-    assert run["layers"] == ["style-painting", "photo"] and run["channels"] == 0
+    assert run["layers"] == ["style-painting (strength 0.5)", "photo"]
+    assert run["channels"] == 0
 
 
 def test_a_dropped_ssh_connection_is_a_clear_message_and_cancels_there(results):

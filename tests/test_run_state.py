@@ -137,3 +137,11 @@ def test_a_catalogue_in_the_plugins_locale_folder_translates_it(tmp_path):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               env={**env, "LANGUAGE": language, "LC_ALL": "C"}, timeout=60)
         assert done.stdout.strip() == expected, done.stderr
+
+
+def test_a_result_is_named_for_the_painting_and_the_strength():
+    from nst_messages import result_name
+
+    assert result_name("mosaic", {"style_strength": 0.5}) == "mosaic (strength 0.5)"
+    assert result_name("udnie", {"style_strength": 0.75, "preserve_colors": True}) == \
+        "udnie (strength 0.75, photo's colours)"

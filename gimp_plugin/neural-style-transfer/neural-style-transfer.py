@@ -79,7 +79,7 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
             from nst_run_window import RunWindow
 
             result = RunWindow(run, speed, os.path.basename(style_path), ok_at,
-                               show_step_in_gimp).run()
+                               show_step_in_gimp, PROC_NAME).run()
         else:
             result = run_with_progress_bar(run, speed)
         speed.report()
@@ -92,7 +92,7 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
                             "{expected}.").format(shape=shape,
                                                   expected=(height, width, channels)))
         Gimp.progress_set_text(_("Neural style transfer: adding the layer"))
-        nst_layers.add_result_layer(image, drawable, style_path, region, fmt, data)
+        nst_layers.add_result_layer(image, drawable, style_path, region, fmt, data, settings)
         nst_estimates.timing("layer added", ok_at)
     finally:
         Gimp.progress_end()
@@ -172,9 +172,11 @@ class NeuralStyleTransfer(Gimp.PlugIn):
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, data):
-        interactive = run_mode == Gimp.RunMode.INTERACTIVE
+        # Repeat Last (WITH_LAST_VALS) skips the dialog, not the run window: a person
+        # started it and may want to Keep or Cancel.
+        interactive = run_mode != Gimp.RunMode.NONINTERACTIVE
         try:
-            if interactive:
+            if run_mode == Gimp.RunMode.INTERACTIVE:
                 from nst_dialog import show_dialog
 
                 if not show_dialog(procedure, config, drawables, PROC_NAME, CALIBRATION):

@@ -1,9 +1,12 @@
 """The plug-in's reads and writes of the image: which layer may be stylised, its pixels
 in a float format of its own model (no precision lost), and the result added as a new
-layer above it in one undo step."""
+layer in one undo step — above the photo and above the results made from it before,
+named for the painting and the strength, with how it was made in a parasite
+(docs/design.md, *Result layers*), and the photo left active for the next run."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import gi
@@ -11,7 +14,10 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
-from nst_messages import _  # noqa: E402
+from nst_messages import _, result_name  # noqa: E402
+
+RESULT_PARASITE = "nst-result"  # on every result layer, saved in the .xcf
+RESULT_FORMAT = 1  # of the parasite's JSON
 
 
 class Failure(Exception):
@@ -53,17 +59,46 @@ def read_pixels(drawable, region, fmt: str) -> bytes:
     return bytes(drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
 
 
-def add_result_layer(image, source, style_path: str, region, fmt: str, data: bytes) -> None:
-    """One undo group: the new layer above the source, its pixels, and the selection mask."""
+def made_from(layer, source) -> bool:
+    """Whether ``layer`` is a result the plug-in made from ``source``."""
+    parasite = layer.get_parasite(RESULT_PARASITE)
+    if parasite is None:
+        return False
+    try:
+        recipe = json.loads(bytes(parasite.get_data()).decode("utf-8"))
+        return recipe.get("source") == source.get_tattoo()
+    except (ValueError, TypeError, AttributeError):  # not ours, or damaged
+        return False
+
+
+def result_position(image, source) -> int:
+    """Where in the source's parent a new result goes: on top of the results already
+    made from the source just above it, so that the newest is the one seen."""
+    parent = source.get_parent()
+    siblings = parent.get_children() if parent is not None else image.get_layers()
+    position = image.get_item_position(source)
+    while position > 0 and made_from(siblings[position - 1], source):
+        position -= 1
+    return position
+
+
+def add_result_layer(image, source, style_path: str, region, fmt: str, data: bytes,
+                     settings: dict) -> None:
+    """One undo group: the new layer, its pixels, its recipe and the selection mask;
+    then the source is the active layer again (not an undo step)."""
     x, y, width, height = region
-    name = os.path.splitext(os.path.basename(style_path))[0] or _("Stylised")
+    style = os.path.splitext(os.path.basename(style_path))[0] or _("Stylised")
     _visible, offset_x, offset_y = source.get_offsets()
     layer_type = source.type_with_alpha() if source.has_alpha() else source.type()
+    recipe = {"format": RESULT_FORMAT, "source": source.get_tattoo(),
+              "style": os.path.basename(style_path), "settings": settings}
     image.undo_group_start()
     try:
-        layer = Gimp.Layer.new(image, name, width, height, layer_type, 100.0,
-                               Gimp.LayerMode.NORMAL)
-        image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+        layer = Gimp.Layer.new(image, result_name(style, settings), width, height,
+                               layer_type, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(layer, source.get_parent(), result_position(image, source))
+        layer.attach_parasite(Gimp.Parasite.new(
+            RESULT_PARASITE, Gimp.PARASITE_PERSISTENT, json.dumps(recipe).encode("utf-8")))
         layer.set_offsets(offset_x + x, offset_y + y)
         buffer = layer.get_buffer()
         buffer.set(Gegl.Rectangle.new(0, 0, width, height), fmt, data)
@@ -73,4 +108,5 @@ def add_result_layer(image, source, style_path: str, region, fmt: str, data: byt
             layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
     finally:
         image.undo_group_end()
+    image.set_selected_layers([source])  # the next run paints the photo, not this result
     Gimp.displays_flush()

@@ -72,6 +72,14 @@ def device_name(device: str | None) -> str:
     return _(DEVICE_NAMES.get(device, N_("GPU")))
 
 
+def result_name(style: str, settings: dict) -> str:
+    """A result layer's name: the painting, the strength, and colours kept if so."""
+    details = [_("strength {strength:g}").format(strength=settings["style_strength"])]
+    if settings.get("preserve_colors"):
+        details.append(_("photo's colours"))
+    return f"{style} ({', '.join(details)})"
+
+
 def format_eta(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds >= 3600:

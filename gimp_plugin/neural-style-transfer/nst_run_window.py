@@ -1,6 +1,7 @@
 """The run window: the picture forming, the step, times and progress, *Keep this
-result* and *Cancel*. A GTK view of ``nst_run_state.RunState`` that makes no GIMP
-call: GIMP's own progress bar is the caller's ``on_progress``."""
+result* and *Cancel*. A GTK view of ``nst_run_state.RunState``, kept over the image's
+window (GimpUi); it changes nothing in GIMP: its progress bar is the caller's
+``on_progress``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import gi
 
 gi.require_version("Gtk", "3.0")
 gi.require_version("GdkPixbuf", "2.0")
-from gi.repository import GdkPixbuf, GLib, Gtk  # noqa: E402
+gi.require_version("GimpUi", "3.0")
+from gi.repository import GdkPixbuf, GimpUi, GLib, Gtk  # noqa: E402
 from nst_client import Cancelled  # noqa: E402
 from nst_estimates import timing  # noqa: E402
 from nst_messages import ClientError, _  # noqa: E402
@@ -23,7 +25,9 @@ class RunWindow:
     """The plug-in's own window: GIMP stays usable while it is open. It reads the
     engine's events from GLib's main loop; closing it cancels the run."""
 
-    def __init__(self, run, speed, style_name: str, started: float, on_progress) -> None:
+    def __init__(self, run, speed, style_name: str, started: float, on_progress,
+                 plugin_name: str) -> None:
+        GimpUi.init(plugin_name)  # once per process: the dialog may have done it
         self.speed = speed
         self.started = started
         self.on_progress = on_progress  # called with the state after each step
@@ -36,6 +40,8 @@ class RunWindow:
             style=style_name))
         window.set_default_size(1000, 700)
         window.connect("delete-event", self.on_close)
+        # Over the image's window, not lost behind it when GIMP is clicked.
+        GimpUi.window_set_transient(window)
         self.window = window
         outer = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
         outer.set_border_width(12)

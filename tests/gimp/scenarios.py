@@ -180,6 +180,29 @@ def basic():
     image.delete()
 
 
+def series():
+    """Two runs on the same photo: each result on top of the photo's earlier ones,
+    named for the painting and the strength, with its recipe, and the photo the
+    active layer again after each run (the next run paints it, not a result)."""
+    image, layer = make_image()
+    other = Gimp.Layer.new(image, "above", 72, 56, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(other, None, 0)
+    image.set_selected_layers([layer])
+    outcomes, selected = [], []
+    for strength, keep in ((0.3, False), (0.8, True)):
+        outcomes.append(run(image, [layer], **{"style-strength": strength,
+                                               "preserve-colors": keep}))
+        selected.append([item.get_name() for item in image.get_selected_layers()])
+    newest = image.get_layers()[1]
+    parasite = newest.get_parasite("nst-result")
+    recipe = json.loads(bytes(parasite.get_data()).decode()) if parasite else None
+    report("series", outcomes=outcomes, stack=stack(image), selected=selected,
+           recipe=recipe, photo_tattoo=layer.get_tattoo(),
+           persistent=bool(parasite and parasite.get_flags() & Gimp.PARASITE_PERSISTENT))
+    image.delete()
+
+
 def refined():
     """The refinement at full size, through the plug-in: a 16-bit layer with offsets and
     varying alpha keeps them; the result differs from the enlargement alone."""

@@ -7,7 +7,8 @@
 # Writes OUTDIR/dialog-gimp-V.png, OUTDIR/run-window-gimp-V.png and the timings
 # the plug-in printed (OUTDIR/timings-gimp-V.txt). NST_SHOT_DETAIL (auto, working, full)
 # and NST_SHOT_MAX_SIZE (0: automatic) preset the dialog; NST_SHOT_RUN_WAIT is how
-# long after OK the run window is taken (45 s).
+# long after OK the run window is taken (45 s). NST_SHOT_MODE=WITH_LAST_VALS runs as
+# Filters ▸ Repeat Last does (no dialog): only the run window is taken.
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,25 +55,27 @@ def call(mode, **settings):
 # A first, short run measures this computer's speed for the dialog's estimate.
 call(Gimp.RunMode.NONINTERACTIVE, iterations=40, **{"max-size": 256})
 open("$inside/calibrated", "w").close()
-call(Gimp.RunMode.INTERACTIVE, detail="${NST_SHOT_DETAIL:-auto}",
+call(Gimp.RunMode.${NST_SHOT_MODE:-INTERACTIVE}, detail="${NST_SHOT_DETAIL:-auto}",
      **{"max-size": ${NST_SHOT_MAX_SIZE:-0}})
 PY
 run DISPLAY="$display" GIMP3_DIRECTORY="$inside/profile" timeout 900 "gimp-$version" \
   --no-splash --batch-interpreter=python-fu-eval \
   -b "exec(open('$inside/shots.py').read())" >"$work/gimp.log" 2>&1 & gimp=$!
 for _ in $(seq 600); do [ -e "$work/calibrated" ] && break; sleep 1; done
-dialog=""
-for _ in $(seq 60); do
-  dialog=$(DISPLAY=$display xdotool search --name "^Neural Style Transfer$" 2>/dev/null | head -1) || true
-  [ -n "$dialog" ] && break; sleep 1
-done
-[ -n "$dialog" ] || { echo "no dialog appeared" >&2; cat "$work/gimp.log" >&2; exit 1; }
-sleep 3
 mkdir -p "$out"
-import -display "$display" -window root "$out/dialog-gimp-$version.png"
-# No window manager under Xvfb: focus the dialog by hand, then press its default button.
-DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
-DISPLAY=$display xdotool key --clearmodifiers Return
+if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
+  dialog=""
+  for _ in $(seq 60); do
+    dialog=$(DISPLAY=$display xdotool search --name "^Neural Style Transfer$" 2>/dev/null | head -1) || true
+    [ -n "$dialog" ] && break; sleep 1
+  done
+  [ -n "$dialog" ] || { echo "no dialog appeared" >&2; cat "$work/gimp.log" >&2; exit 1; }
+  sleep 3
+  import -display "$display" -window root "$out/dialog-gimp-$version.png"
+  # No window manager under Xvfb: focus the dialog by hand, then press its default button.
+  DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
+  DISPLAY=$display xdotool key --clearmodifiers Return
+fi
 sleep "${NST_SHOT_RUN_WAIT:-45}"
 import -display "$display" -window root "$out/run-window-gimp-$version.png"
 grep -h "nst-timings" "$work/gimp.log" > "$out/timings-gimp-$version.txt" || true
