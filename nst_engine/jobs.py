@@ -16,7 +16,7 @@ from nst_contract.knobs import Settings
 from .cache import EngineCache
 from .control import Control
 from .loop import Iterate
-from .pictures import Picture
+from .pictures import Picture, as_the_layer_will_be
 from .tensors import to_array
 from .transfer import StyleTransfer
 
@@ -92,7 +92,11 @@ class _Previews:
         if not self.due(it):
             return
         start = time.monotonic()
-        fields = self.job.preview(Picture(to_array(it.image), bits=8))
+        rgb = to_array(it.image)
+        if it.photo is not None:
+            rgb = as_the_layer_will_be(rgb, to_array(it.photo),
+                                       self.job.settings.preserve_colors, self.job.content.gray)
+        fields = self.job.preview(Picture(rgb, bits=8))
         self.last = time.monotonic()
         self.seconds += self.last - start
         self.emit({"event": "preview", **fields, "step": it.step, "scale": it.scale,

@@ -57,6 +57,7 @@ class Iterate:
     tiles: int = 1
     pixels: int = 0  # of the region (tile or whole image) this step worked on
     image: torch.Tensor | None = None  # the current image at this scale (for previews)
+    photo: torch.Tensor | None = None  # the photo under ``image`` (previews keep its colours)
 
 
 Features = Callable[[torch.Tensor], dict]
@@ -80,10 +81,11 @@ class Loop:
         self.stopped = Stop.COMPLETED
 
     def optimise(self, start: torch.Tensor, objective: Objective, scale: Scale,
-                 tile: Tile) -> torch.Tensor:
+                 tile: Tile, photo: torch.Tensor | None = None) -> torch.Tensor:
         """Optimises ``start`` (the pixels of one tile, or of the whole image, at
         ``scale``) against ``objective`` for the scale's steps, or until Keep or the
-        convergence rule stops it; returns the result in [0, 1]."""
+        convergence rule stops it; returns the result in [0, 1]. ``photo``, the photo's
+        pixels there, travels with each step's report."""
         region = start.requires_grad_(True)
         optimizer = self._optimizer(region)
         last = Evaluation()
@@ -133,7 +135,7 @@ class Loop:
             if self.callback is not None:
                 iterate = self.clock.tick(scale, index, tile, last.loss, last.parts)
                 iterate.scale_done = done and (last_region or finishing)
-                iterate.image = region.detach()
+                iterate.image, iterate.photo = region.detach(), photo
                 self.callback(iterate)
             if done:
                 break

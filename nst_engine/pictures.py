@@ -40,6 +40,18 @@ def keep_colors(stylised: np.ndarray, content: np.ndarray) -> np.ndarray:
     return np.clip(content + shift[..., None], 0.0, 1.0)
 
 
+def as_the_layer_will_be(rgb: np.ndarray, photo: np.ndarray, preserve_colors: bool,
+                         gray: bool) -> np.ndarray:
+    """The stylised colours as the result layer gets them: the photo's chroma when its
+    colours are kept, gray for a gray layer. For the result and for every preview, so
+    that the forming picture shows what the layer will be."""
+    if preserve_colors:
+        rgb = keep_colors(rgb, photo)
+    if gray:
+        rgb = np.repeat(luminance(rgb)[..., None], 3, axis=2)
+    return rgb
+
+
 def from_channels(data: np.ndarray, scale: float, bits: int) -> Picture:
     """Builds a Picture from an ``H×W×C`` array (C = 1, 2, 3 or 4) of raw values."""
     if data.ndim == 2:

@@ -27,7 +27,7 @@ from .control import Control
 from .enlarging import resize
 from .loop import Iterate, Loop, Stop
 from .network import Network
-from .pictures import Picture, keep_colors, luminance
+from .pictures import Picture, as_the_layer_will_be
 from .targets import Targets, start_image
 from .tensors import photo_tensor, to_array, to_tensor
 
@@ -99,12 +99,9 @@ class StyleTransfer:
         try:
             image = self._optimise_scales(loop, content, styles)
             control.check()
-            rgb = to_array(image)
+            rgb = as_the_layer_will_be(to_array(image), content.rgb, s.preserve_colors,
+                                       content.gray)
             del image
-            if s.preserve_colors:
-                rgb = keep_colors(rgb, content.rgb)
-            if content.gray:
-                rgb = np.repeat(luminance(rgb)[..., None], 3, axis=2)
         except (RuntimeError, MemoryError) as exc:
             if not devices.is_out_of_memory(exc):
                 raise
@@ -140,9 +137,10 @@ class StyleTransfer:
             image = start.detach().clamp(0, 1)
             for tile in scale.regions():
                 x0, y0, x1, y1 = tile
-                objective = self.targets.objective(target[..., y0:y1, x0:x1], grams)
+                photo = target[..., y0:y1, x0:x1]
+                objective = self.targets.objective(photo, grams)
                 region = loop.optimise(image[..., y0:y1, x0:x1].clone(), objective, scale,
-                                       tile)
+                                       tile, photo)
                 image = blend_in(image, region, tile, scale.tiles)
                 if loop.stopped is Stop.FINISHED:
                     if scale.detail and tile != scale.regions()[-1]:

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from PIL import Image
 from streaming import EngineProcess, request
 
@@ -94,6 +95,40 @@ def test_protocol_events_in_order_and_result_array(painting):
     array = np.frombuffer(run.payloads[-1], "<f4").reshape(result["shape"])
     assert array.shape == layer.shape
     assert np.array_equal(array[..., 3], layer[..., 3])
+
+
+def test_a_preview_with_the_photos_colours_kept_shows_them(painting):
+    """What forms in the run window is what the layer will be: with Keep the photo's
+    colours each preview has the photo's chroma (R' − G', B' − G'), not the painting's."""
+    from nst_engine.enlarging import resize
+    from nst_engine.tensors import to_array, to_tensor
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:40, 0:52] / 52
+    layer = np.stack([0.2 + 0.6 * x, 0.7 - 0.5 * y, 0.3 + 0.3 * np.sin(9 * x)], axis=2)
+    layer = (layer + 0.02 * rng.random(layer.shape)).astype(np.float32)
+
+    def chroma(rgb):
+        return np.stack([rgb[..., 0] - rgb[..., 1], rgb[..., 2] - rgb[..., 1]])
+
+    errors = {}
+    for keep in (True, False):
+        run = EngineProcess()
+        run.send(request(painting, layer, {"iterations": 12, "style_strength": 1.0,
+                                           "preserve_colors": keep},
+                         preview_interval_s=0.01))
+        _, code = run.finish()
+        assert code == 0, run.stderr()
+        kinds = [e["event"] for e in run.events]
+        index = len(kinds) - 1 - kinds[::-1].index("preview")  # the last: painted most
+        event = run.events[index]
+        with Image.open(io.BytesIO(run.payloads[index])) as shown:
+            preview = np.asarray(shown.convert("RGB"), np.float32) / 255
+        photo = to_array(resize(to_tensor(layer, torch.device("cpu")), event["width"],
+                                event["height"]))
+        errors[keep] = np.median(np.abs(chroma(preview) - chroma(photo)))
+    assert errors[True] < 2.5 / 255, errors  # the photo's, to 8-bit rounding
+    assert errors[False] > 3 * errors[True], errors  # the painting's: the test can tell
 
 
 def test_protocol_error_event(painting):

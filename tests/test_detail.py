@@ -184,10 +184,10 @@ def test_refinement_out_of_memory_says_what_to_change(photo, painting, monkeypat
 
     original = Loop.optimise
 
-    def no_memory(self, start, objective, scale, tile):
+    def no_memory(self, start, objective, scale, tile, photo=None):
         if scale.detail:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried...")
-        return original(self, start, objective, scale, tile)
+        return original(self, start, objective, scale, tile, photo)
 
     monkeypatch.setattr(Loop, "optimise", no_memory)
     with pytest.raises(EngineError) as info:
