@@ -92,10 +92,10 @@ class _Previews:
         if not self.due(it):
             return
         start = time.monotonic()
-        rgb = to_array(it.image)
-        if it.photo is not None:
-            rgb = as_the_layer_will_be(rgb, to_array(it.photo),
-                                       self.job.settings.preserve_colors, self.job.content.gray)
+        # The photo's pixels are copied off the device only when its colours are kept.
+        keep = self.job.settings.preserve_colors and it.photo is not None
+        rgb = as_the_layer_will_be(to_array(it.image), to_array(it.photo) if keep else None,
+                                   keep, self.job.content.gray)
         fields = self.job.preview(Picture(rgb, bits=8))
         self.last = time.monotonic()
         self.seconds += self.last - start

@@ -40,7 +40,7 @@ def keep_colors(stylised: np.ndarray, content: np.ndarray) -> np.ndarray:
     return np.clip(content + shift[..., None], 0.0, 1.0)
 
 
-def as_the_layer_will_be(rgb: np.ndarray, photo: np.ndarray, preserve_colors: bool,
+def as_the_layer_will_be(rgb: np.ndarray, photo: np.ndarray | None, preserve_colors: bool,
                          gray: bool) -> np.ndarray:
     """The stylised colours as the result layer gets them: the photo's chroma when its
     colours are kept, gray for a gray layer. For the result and for every preview, so
