@@ -3,8 +3,8 @@ engine: framing, ceilings, deadlines and heartbeats (``docs/protocol.md``).
 
 Every message is one JSON object on one line; when it has a ``bytes`` field,
 exactly that many raw bytes follow the line. :func:`encode` writes a line,
-:class:`Emitter` writes events, :class:`Channel` reads messages (the engine's side,
-blocking) and :func:`parse_message` parses one line for every reader. Standard
+:class:`Emitter` writes events, :class:`Frames` splits what arrives into messages for
+every reader and :class:`Channel` reads through it, blocking (the engine's side). Standard
 library only: GIMP's Python and a command line without torch import it too.
 """
 
@@ -53,74 +53,143 @@ CLIENT_HEARTBEAT_S = deadline(2.0)
 HEARTBEAT_MISSES = 3
 
 Limit = Callable[[dict], int]  # the most payload bytes a message may announce
+Payload = bytes | bytearray | memoryview  # or a numpy array (``engine_room``)
+
+READ_CHUNK = 1 << 20  # bytes asked of a pipe or a socket at once
+# From this size a payload is received straight into a buffer of its own (a numpy one
+# on the engine's side, never zero-filled first): no growing buffer, no second copy
+# of a 384 MB layer.
+LARGE_PAYLOAD = 1 << 20
+PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the layer's own bytes
+
+
+class Frames:
+    """The framing, for every reader (the engine, the command line's client, the
+    plug-in): bytes go in — :meth:`feed`, or a payload's straight into :meth:`room`
+    and then :meth:`filled` — and whole messages come out of :meth:`next`. It never
+    reads itself, so a blocking reader (:class:`Channel`) and the plug-in's
+    non-blocking one share it.
+
+    ``key`` is the field that names a message (``type`` for commands, ``event`` for
+    events); ``limit(message)`` says how many payload bytes that message may announce
+    (it may also refuse the message with ``bad_input``); ``make_room(size)`` makes the
+    buffer a payload is received into. A line that is not a message is ``bad_input``,
+    or, when ``on_garbage`` is given, handed to it and skipped (a stray line on an
+    engine's stdout).
+    """
+
+    def __init__(self, key: str = "type", limit: Limit = lambda message: 0,
+                 make_room: Callable[[int], bytearray | np.ndarray] = bytearray,
+                 on_garbage: Callable[[bytes], None] | None = None) -> None:
+        self.key = key
+        self.limit = limit
+        self.make_room = make_room
+        self.on_garbage = on_garbage
+        self.buffer = bytearray()
+        self._waiting: dict | None = None  # a message whose payload is still arriving
+        self._payload: bytearray | np.ndarray = bytearray()
+        self._have = 0  # bytes of that payload received
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        """Bytes as they arrived; those of a payload go into its room."""
+        if self._waiting is not None:
+            take = min(len(chunk), len(self._payload) - self._have)
+            memoryview(self._payload)[self._have:self._have + take] = chunk[:take]
+            self._have += take
+            chunk = chunk[take:]
+        self.buffer += chunk
+
+    def room(self) -> memoryview | None:
+        """Where the payload now arriving goes on, to be received straight into (then
+        :meth:`filled`); None while a line is awaited."""
+        if self._waiting is None:
+            return None
+        return memoryview(self._payload)[self._have:]
+
+    def filled(self, count: int) -> None:
+        """``count`` bytes were received into :meth:`room`."""
+        self._have += count
+
+    def next(self, limit: Limit | None = None) -> tuple[dict, Payload] | None:
+        """The next whole message and its payload (``b""`` when it has none), or None
+        until more bytes arrive. ``limit`` overrides the reader's for this message.
+        A payload larger than the limit is refused before room is made for it."""
+        while self._waiting is None:
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > MAX_LINE:
+                    raise bad_input("a message line is too long")
+                return None
+            line = bytes(self.buffer[:end])
+            del self.buffer[:end + 1]
+            try:
+                message = parse_message(line, self.key)
+                size = announced_bytes(message)
+            except EngineError:
+                if self.on_garbage is None:
+                    raise
+                self.on_garbage(line)
+                continue
+            most = (limit or self.limit)(message)
+            if size > most:
+                raise bad_input(f"a {message[self.key]} message announces {size:,} bytes; "
+                                f"at most {most:,} are taken")
+            if size <= len(self.buffer):  # none, or small and here already
+                payload = self.buffer[:size] if size else b""
+                del self.buffer[:size]
+                return message, payload
+            self._payload = self.make_room(size)
+            self._have = 0
+            self._waiting = message
+            arrived, self.buffer = self.buffer, bytearray()
+            self.feed(arrived)  # what has arrived of it moves in
+        if self._have < len(self._payload):
+            return None
+        message, payload = self._waiting, self._payload
+        self._waiting, self._payload, self._have = None, bytearray(), 0
+        return message, payload
+
+
+def engine_room(size: int) -> bytearray | np.ndarray:
+    """A payload's buffer on the engine's side: a large one is a numpy array, not
+    zero-filled first (unlike a bytearray) and owned by the picture made of it."""
+    if size < LARGE_PAYLOAD:
+        return bytearray(size)
+    import numpy as np  # only where a payload is large: the wire itself needs none
+
+    return np.empty(size, np.uint8)
 
 
 class Channel:
-    """Reads the client's messages through ``read_raw(n)`` (``os.read`` on a pipe,
+    """A blocking reader of messages through ``read_raw(n)`` (``os.read`` on a pipe,
     ``socket.recv``): unbuffered reads, so that a thread waiting for the next command
-    never holds a lock the interpreter needs at exit. A large payload goes straight
-    into its own buffer through ``read_into(view)`` (``socket.recv_into``,
-    ``os.readv``) when given: no growing buffer, no second copy of a 384 MB layer."""
-
-    LARGE = 1 << 20
+    never holds a lock the interpreter needs at exit. A payload goes straight into
+    its own buffer through ``read_into(view)`` (``socket.recv_into``, ``os.readv``)
+    when given."""
 
     def __init__(self, read_raw: Callable[[int], bytes],
-                 read_into: Callable[[memoryview], int] | None = None) -> None:
+                 read_into: Callable[[memoryview], int] | None = None,
+                 key: str = "type") -> None:
         self.read_raw = read_raw
         self.read_into = read_into
-        self.buffer = bytearray()
+        self.frames = Frames(key, make_room=engine_room)
         self.heartbeat_s = 0.0  # the client's promise, from its run message
 
-    def _fill(self) -> None:
-        chunk = self.read_raw(1 << 20)
-        if not chunk:
-            raise EOFError
-        self.buffer += chunk
-
-    def _take(self, size: int) -> bytearray | np.ndarray:
-        if self.read_into is not None and size >= self.LARGE:
-            return self._take_large(size)
-        while len(self.buffer) < size:
-            self._fill()
-        data = self.buffer[:size]  # one copy, even of a 384 MB layer
-        del self.buffer[:size]
-        return data
-
-    def _take_large(self, size: int) -> np.ndarray:
-        import numpy as np  # only where a payload is large: the wire itself needs none
-
-        data = np.empty(size, np.uint8)  # not zero-filled first, unlike a bytearray
-        view = memoryview(data)
-        have = min(size, len(self.buffer))
-        view[:have] = self.buffer[:have]
-        del self.buffer[:have]
-        while have < size:
-            count = self.read_into(view[have:])
+    def read(self, limit: Limit = lambda message: 0) -> tuple[dict, Payload]:
+        """The next message and its payload; EOFError when the other side has gone.
+        ``limit`` as for :class:`Frames`."""
+        while (found := self.frames.next(limit)) is None:
+            room = self.frames.room()
+            if room is not None and self.read_into is not None:
+                count = self.read_into(room)
+                self.frames.filled(count)
+            else:
+                chunk = self.read_raw(READ_CHUNK)
+                count = len(chunk)
+                self.frames.feed(chunk)
             if not count:
                 raise EOFError
-            have += count
-        return data
-
-    def read(self, key: str = "type", limit: Limit = lambda message: 0) -> tuple[dict, bytes]:
-        """The next message (events, read by a client: ``key="event"``) and its
-        payload; EOFError when the other side has gone. ``limit(message)`` says how
-        many payload bytes that message may announce (it may also refuse the message
-        with ``bad_input``): more is refused before a byte of it is read or room is
-        made for it."""
-        while (end := self.buffer.find(b"\n")) < 0:
-            if len(self.buffer) > MAX_LINE:
-                raise bad_input("a message line is too long")
-            self._fill()
-        line = self._take(end + 1)
-        message = parse_message(line, key)
-        size = message.get("bytes", 0)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise bad_input("bytes must be a non-negative integer")
-        most = limit(message)
-        if size > most:
-            raise bad_input(f"a {message[key]} message announces {size:,} bytes; at most "
-                            f"{most:,} are taken")
-        return message, self._take(size) if size else b""
+        return found
 
 
 def parse_message(line: bytes | bytearray, key: str = "type") -> dict:
@@ -133,6 +202,14 @@ def parse_message(line: bytes | bytearray, key: str = "type") -> dict:
     if not isinstance(message, dict) or not isinstance(message.get(key), str):
         raise bad_input(f"a message must be a JSON object with a {key}")
     return message
+
+
+def announced_bytes(message: dict) -> int:
+    """The payload bytes a message says follow its line (0 without ``bytes``)."""
+    size = message.get("bytes", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad_input("bytes must be a non-negative integer")
+    return size
 
 
 def layer_bytes(header) -> int:
@@ -191,7 +268,7 @@ class Emitter:
 
     def __call__(self, event: dict) -> None:
         """Writes the event; a ``_payload`` (bytes-like) follows its line raw, and the
-        line says how long it is (``bytes``): the stream's framing, ``stream.py``."""
+        line says how long it is (``bytes``): the framing that :class:`Frames` reads."""
         with self.lock:
             if self.closed:
                 return

@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from nst_contract.errors import EngineError
-from nst_contract.wire import PROTOCOL, SILENT_ENGINE_S, Channel, encode
+from nst_contract.wire import PREVIEW_SLACK, PROTOCOL, SILENT_ENGINE_S, Channel, encode
 
 from .control import Control
 from .pictures import Picture
 from .relay import Reached
-
-PREVIEW_SLACK = 1 << 20  # a preview PNG's headers beyond the picture's own bytes
 
 
 def request_over(service: Reached, settings: dict, picture: Picture, styles: list[Path],
@@ -46,8 +44,8 @@ def request_over(service: Reached, settings: dict, picture: Picture, styles: lis
                     pass
                 return
 
-    channel = Channel(sock.recv, sock.recv_into)
-    channel.buffer += service.after  # what came with the greeting
+    channel = Channel(sock.recv, sock.recv_into, key="event")
+    channel.frames.feed(service.after)  # what came with the greeting
 
     def limit(event: dict) -> int:  # the result is the picture sent; a preview smaller
         return data.nbytes + (0 if event["event"] == "result" else PREVIEW_SLACK)
@@ -61,7 +59,7 @@ def request_over(service: Reached, settings: dict, picture: Picture, styles: lis
         threading.Thread(target=forward_cancel, daemon=True).start()
         while True:
             try:
-                event, payload = channel.read("event", limit)
+                event, payload = channel.read(limit)
             except EOFError:
                 raise EngineError("internal", "the engine service closed the connection "
                                   "without a result") from None

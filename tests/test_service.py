@@ -236,7 +236,7 @@ def test_the_relay_gives_its_pipes_the_largest_buffer(tmp_path):
 
 
 def test_large_layers_and_styles_arrive_whole_and_paint_as_one_shot(tmp_path):
-    """Payloads over a megabyte take the received-in-place path (``Channel._take_large``,
+    """Payloads over a megabyte take the received-in-place path (``wire.engine_room``,
     ``picture_from_array(owned=True)``) and the result goes back as a view: the same
     picture, to the bit, as the one-shot engine's, alpha untouched."""
     from PIL import Image
