@@ -102,8 +102,8 @@ def refinement(args, style: torch.Tensor) -> dict:
     marks = {}
 
     def clock(it) -> None:
-        marks["refinement" if it.detail else "working"] = it.elapsed
-        if it.detail:
+        marks["refinement" if it.refining else "working"] = it.elapsed
+        if it.refining:
             marks["tiles"] = it.tiles
 
     if engine.device.type == "cuda":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from nst_engine.enlarging import enlarge, luminance, resize
+from nst_engine.enlarging import enlarge, luma_plane, resize
 from nst_engine.images import load_picture
 from nst_engine.tensors import to_array, to_tensor
 
@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 
 def finest_octave_energy(image: torch.Tensor) -> float:
     """Mean squared luminance of the finest octave: the image minus itself at half size."""
-    y = luminance(image)
+    y = luma_plane(image)
     height, width = y.shape[-2:]
     half = resize(y, width // 2, height // 2)
     return float(((y - resize(half, width, height)) ** 2).mean())
@@ -40,7 +40,7 @@ def pyramid(painting: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
     """Bicubic, plus the photo's luminance detail the working size lost, at gain 1."""
     height, width = photo.shape[-2:]
     small = resize(photo, painting.shape[-1], painting.shape[-2])
-    lost = luminance(photo) - luminance(resize(small, width, height))
+    lost = luma_plane(photo) - luma_plane(resize(small, width, height))
     return (resize(painting, width, height) + lost).clamp(0, 1)
 
 

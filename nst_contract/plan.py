@@ -31,7 +31,7 @@ class Scale:
     height: int
     steps: int
     tiles: list[Tile] = field(default_factory=list)  # empty: the whole image at once
-    detail: bool = False  # the refinement at the photo's full size, after the working size
+    refining: bool = False  # the refinement at the photo's full size, after the working size
 
     def regions(self) -> list[Tile]:
         return self.tiles or [(0, 0, self.width, self.height)]
@@ -93,13 +93,13 @@ def plan_scales(width: int, height: int, max_size: int, iterations: int) -> list
     return scales
 
 
-def plan_detail(scales: list[Scale], width: int, height: int, steps: int) -> list[Scale]:
+def plan_refinement(scales: list[Scale], width: int, height: int, steps: int) -> list[Scale]:
     """Adds the refinement at full size after the working size, unless the working
     size already is the full size."""
     top = scales[-1]
     if (top.width, top.height) == (width, height):
         return scales
-    return [*scales, Scale(width, height, steps, detail=True)]
+    return [*scales, Scale(width, height, steps, refining=True)]
 
 
 def tile_scales(scales: list[Scale], work_budget: float) -> list[Scale]:

@@ -34,8 +34,9 @@ def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
-def luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """Luma Y' of a (1, 3, H, W) R'G'B' tensor, as (1, 1, H, W)."""
+def luma_plane(rgb: torch.Tensor) -> torch.Tensor:
+    """Luma Y' of a (1, 3, H, W) R'G'B' tensor, as (1, 1, H, W): the channels-first
+    counterpart of ``pictures.luminance``, with the same weights."""
     weights = torch.as_tensor(LUMA, dtype=rgb.dtype, device=rgb.device)
     return (rgb * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
 
@@ -49,12 +50,12 @@ def enlarge(painting: torch.Tensor, photo: torch.Tensor, method: str = "guided")
     if method == "bicubic":
         return enlarged
     small = resize(photo, painting.shape[-1], painting.shape[-2])
-    guide = luminance(small)
+    guide = luma_plane(small)
     gain = local_gain(guide, painting)
     smooth = resize(guide, width, height)  # the photo as the working size saw it
     for top in range(0, height, STRIP_ROWS):
         rows = slice(top, min(height, top + STRIP_ROWS))
-        lost = luminance(photo[..., rows, :]) - smooth[..., rows, :]
+        lost = luma_plane(photo[..., rows, :]) - smooth[..., rows, :]
         strip = enlarged[..., rows, :]
         strip += _bilinear_rows(gain, width, height, rows) * lost
         strip.clamp_(0, 1)

@@ -58,7 +58,7 @@ def run_job(job: Job, emit: Emit, control: Control, cache: EngineCache | None = 
         "width": width, "height": height, "total": sum(s.ticks for s in scales),
         "max_size": engine.max_size,
         "scales": [[s.width, s.height, s.steps, len(s.regions())] for s in scales],
-        "detail": scales[-1].detail,
+        "detail": scales[-1].refining,
         "engine_pid": os.getpid(), "loaded_network": engine.network.loaded,
     })
     previews = _Previews(job, emit)
@@ -100,7 +100,7 @@ class _Previews:
         self.last = time.monotonic()
         self.seconds += self.last - start
         self.emit({"event": "preview", **fields, "step": it.step, "scale": it.scale,
-                   "width": it.width, "height": it.height, "detail": it.detail,
+                   "width": it.width, "height": it.height, "detail": it.refining,
                    "write_s": round(self.seconds, 3)})
 
 
@@ -109,7 +109,7 @@ def progress_event(it: Iterate) -> dict:
         "event": "progress", "scale": it.scale, "scales": it.scales,
         "width": it.width, "height": it.height, "step": it.step, "total": it.total,
         "fraction": it.step / it.total, "elapsed_s": round(it.elapsed, 3),
-        "eta_s": round(it.eta, 3), "loss": it.loss, "detail": it.detail,
+        "eta_s": round(it.eta, 3), "loss": it.loss, "detail": it.refining,
         "tile": it.tile, "tiles": it.tiles, "pixels": it.pixels,
         **{f"{name}_loss": value for name, value in it.losses.items()},
     }

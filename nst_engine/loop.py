@@ -52,7 +52,7 @@ class Iterate:
     elapsed: float = 0.0
     eta: float = 0.0
     scale_done: bool = False  # the last step of this scale (or of the run)
-    detail: bool = False  # a step of the refinement at full size
+    refining: bool = False  # a step of the refinement at full size (the events' `detail`)
     tile: int = 1  # 1-based, of ``tiles`` regions at this scale
     tiles: int = 1
     pixels: int = 0  # of the region (tile or whole image) this step worked on
@@ -75,7 +75,7 @@ class Loop:
         self.callback = callback
         self.control = control
         self.clock = Clock(scales)
-        self.top = [scale for scale in scales if not scale.detail][-1]
+        self.top = [scale for scale in scales if not scale.refining][-1]
         self.at: Scale | None = None
         self.steps = 0
         self.stopped = Stop.COMPLETED
@@ -200,6 +200,6 @@ class Clock:
             scale=index, scales=self.scales, width=scale.width, height=scale.height,
             step=self.step, total=self.total, loss=loss, losses=parts,
             elapsed=elapsed, eta=rate * (self.work_total - self.work_done),
-            detail=scale.detail, tile=scale.regions().index(tile) + 1,
+            refining=scale.refining, tile=scale.regions().index(tile) + 1,
             tiles=len(scale.regions()), pixels=pixels,
         )

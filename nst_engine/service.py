@@ -7,7 +7,7 @@ the service serves only connections whose peer is the same user (SO_PEERCRED).
 Nothing listens on TCP. No client can hold the others up: each connection is
 greeted and read by a thread of its own, within a deadline, and only a whole
 request joins the queue; a client that stops reading its events is dropped; the
-connections are bounded (docs/protocol.md, "Deadlines").
+connections are bounded (``connections.py``; docs/protocol.md, "Deadlines").
 """
 
 from __future__ import annotations
@@ -27,47 +27,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nst_contract.errors import EngineError, bad_input
-from nst_contract.wire import Channel, Emitter, deadline, error_event
+from nst_contract.wire import Channel, Emitter, error_event
 
+from .connections import (
+    MAX_CONNECTIONS,
+    REQUEST_S,
+    SLOWEST_RATE,
+    WRITE_STALL_S,
+    ClientWriter,
+    Connections,
+    greet,
+    hang_up,
+    peer_uid,
+    refuse,
+    within_deadline,
+)
 from .control import Control
 from .relay import LOG_LIMIT, Stopped, in_the_way, reach, runtime_dir, socket_path
 
 if TYPE_CHECKING:
     from .jobs import Job
 
-MAX_CONNECTIONS = 32  # greeted, being read, queued or running
-# A request's lines must arrive within REQUEST_S, and its payloads at SLOWEST_RATE
-# on average at least (a slow SSH link sends a 384 MB layer in time; a byte a second
-# does not); then the connection is dropped.
-REQUEST_S = deadline(30.0)
-SLOWEST_RATE = 64 << 10  # bytes per second
-WRITE_STALL_S = deadline(30.0)  # a client that reads nothing of its events for this long is gone
 UNLINK_GRACE_S = 0.3  # after unlinking an idle socket: for clients already in the backlog
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_RETRY_S = 0.1
 FIRST_WAIT_S = 10.0  # the client that started the service is on its way
 
 log = logging.getLogger("nst_engine.service")
-
-
-class Connections:
-    """The connections held (greeted, being read, queued or running), at most
-    MAX_CONNECTIONS; the service is idle only with none."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self.lock:
-            if self.count >= MAX_CONNECTIONS:
-                return False
-            self.count += 1
-            return True
-
-    def release(self) -> None:
-        with self.lock:
-            self.count -= 1
 
 
 @dataclass
@@ -165,8 +151,8 @@ def _accept(listener: socket.socket, slots: Connections,
             conn.close()  # another user: not even an answer
             continue
         if not slots.take():
-            _greet(conn)
-            _refuse(conn, f"the engine service has {MAX_CONNECTIONS} connections already; "
+            greet(conn)
+            refuse(conn, f"the engine service has {MAX_CONNECTIONS} connections already; "
                     "try again when some runs have ended")
             continue
         try:
@@ -183,34 +169,34 @@ def _intake(conn: socket.socket, slots: Connections, waiting: queue.Queue,
     the request joins the queue, its commands watched from now on."""
     from .stream import open_scratch, read_job, watch_commands
 
-    _greet(conn)
+    greet(conn)
     control = Control()
-    emit = Emitter(_ClientWriter(conn), on_gone=lambda: control.abandon(
+    emit = Emitter(ClientWriter(conn), on_gone=lambda: control.abandon(
         f"stopped: the client read nothing for {WRITE_STALL_S:.0f} s"))
     emit.keep_alive()
     try:
         scratch = open_scratch()
         try:
-            channel = Channel(*_within_deadline(conn))
+            channel = Channel(*within_deadline(conn))
             job = read_job(channel, Path(scratch.name))
         except BaseException:
             scratch.cleanup()
             raise
     except EOFError:
-        return _end(conn, slots, emit, bad_input(
+        return hang_up(conn, slots, emit, bad_input(
             "the client went away before its request was complete"))
     except TimeoutError:
-        return _end(conn, slots, emit, bad_input(
+        return hang_up(conn, slots, emit, bad_input(
             f"the request did not arrive in time (at least {SLOWEST_RATE >> 10} KiB/s "
             f"after the first {REQUEST_S:.0f} s); the connection is closed"))
     except EngineError as error:
-        return _end(conn, slots, emit, error)
+        return hang_up(conn, slots, emit, error)
     except OSError as exc:  # the connection broke
         log.info("a connection broke while its request was read (%s)", exc)
-        return _end(conn, slots, emit, None)
+        return hang_up(conn, slots, emit, None)
     except Exception as exc:  # one bad request must not end the service
         log.exception("internal error reading a request")
-        return _end(conn, slots, emit, _internal(exc, folder))
+        return hang_up(conn, slots, emit, _internal(exc, folder))
     conn.settimeout(None)  # commands come when they come; writes have their own bound
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                     struct.pack("ll", int(WRITE_STALL_S), int(WRITE_STALL_S % 1 * 1e6)))
@@ -241,85 +227,6 @@ def _run(ticket: Ticket, cache, folder: Path) -> None:
 def _internal(exc: Exception, folder: Path) -> EngineError:
     return EngineError("internal", f"internal error in the engine service "
                        f"({type(exc).__name__}: {exc}); its log: {folder / 'service.log'}")
-
-
-class _ClientWriter:
-    """The Emitter's stream over a client's socket. A client that reads nothing for
-    WRITE_STALL_S makes ``sendall`` fail (SO_SNDTIMEO: BlockingIOError), and the
-    Emitter takes any OSError as a reader that has gone."""
-
-    def __init__(self, conn: socket.socket) -> None:
-        self.write = conn.sendall
-
-    def flush(self) -> None:
-        pass
-
-
-def _within_deadline(conn: socket.socket):
-    """``recv`` and ``recv_into`` for reading a request: each waits only as long as
-    the request's deadline leaves (REQUEST_S, plus the time its bytes so far may take
-    at SLOWEST_RATE); past it, TimeoutError."""
-    began = time.monotonic()
-    received = [0]
-
-    def wait() -> None:
-        left = began + REQUEST_S + received[0] / SLOWEST_RATE - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        conn.settimeout(left)
-
-    def recv(size: int) -> bytes:
-        wait()
-        data = conn.recv(size)
-        received[0] += len(data)
-        return data
-
-    def recv_into(view: memoryview) -> int:
-        wait()
-        count = conn.recv_into(view)
-        received[0] += count
-        return count
-
-    return recv, recv_into
-
-
-def _greet(conn: socket.socket) -> None:
-    """The first line on every connection, read by the relay (not an event): it tells
-    a live service from one that accepts nothing (relay.reach)."""
-    conn.settimeout(REQUEST_S)
-    try:
-        conn.sendall(b'{"service":"nst-engine","pid":%d}\n' % os.getpid())
-    except OSError:
-        pass
-
-
-def _refuse(conn: socket.socket, message: str) -> None:
-    _end(conn, None, Emitter(_ClientWriter(conn)), EngineError("internal", message))
-
-
-def _end(conn: socket.socket, slots: Connections | None, emit: Emitter,
-         error: EngineError | None) -> None:
-    """Tells a client that never got a turn why (its last event), and closes its
-    connection."""
-    if error is not None:
-        emit(error_event(error))
-    emit.close()
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    conn.close()
-    if slots is not None:
-        slots.release()
-
-
-def peer_uid(conn: socket.socket) -> int | None:
-    """The connecting process's user (Linux SO_PEERCRED); None where unknown."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    data = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    return struct.unpack("3i", data)[1]
 
 
 def _listen(path: Path) -> socket.socket | None:

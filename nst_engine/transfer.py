@@ -68,7 +68,7 @@ class StyleTransfer:
         s = self.settings
         scales = plan.plan_scales(width, height, self.max_size, s.iterations)
         if s.refines(self.device.type):
-            scales = plan.plan_detail(scales, width, height,
+            scales = plan.plan_refinement(scales, width, height,
                                       s.refinement_steps(self.device.type))
         return plan.tile_scales(scales, self.work_budget(width * height))
 
@@ -125,7 +125,7 @@ class StyleTransfer:
             if loop.stopped is Stop.FINISHED:
                 break
             loop.at = scale
-            if scale.detail:
+            if scale.refining:
                 kept = enlarging.enlarge(image, full, s.enlarge)
                 target, start = full, kept  # ``start`` is copied below: ``kept`` stays
             else:
@@ -133,7 +133,7 @@ class StyleTransfer:
                 start = start_image(s, target) if image is None else resize(
                     image, scale.width, scale.height)
             grams = self.targets.style_grams(style_images, max(scale.width, scale.height),
-                                             budget, control, digests, native=scale.detail)
+                                             budget, control, digests, native=scale.refining)
             image = start.detach().clamp(0, 1)
             for tile in scale.regions():
                 x0, y0, x1, y1 = tile
@@ -143,7 +143,7 @@ class StyleTransfer:
                                        tile, photo)
                 image = blend_in(image, region, tile, scale.tiles)
                 if loop.stopped is Stop.FINISHED:
-                    if scale.detail and tile != scale.regions()[-1]:
+                    if scale.refining and tile != scale.regions()[-1]:
                         return kept  # Keep: the last finished state, not half the tiles
                     break
         return enlarging.enlarge(image, full, s.enlarge)
@@ -151,7 +151,7 @@ class StyleTransfer:
 
 def out_of_memory(where: Scale, device_type: str) -> EngineError:
     """What to try when the run at ``where`` did not fit the device's memory."""
-    if where.detail:
+    if where.refining:
         return EngineError(
             "out_of_memory",
             f"out of memory refining at full size ({where.width}×{where.height}) on "

@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 def finest_octave_energy(image: torch.Tensor) -> float:
     """Mean squared luminance of the finest octave (the image minus itself at half size)."""
-    y = enlarging.luminance(image)
+    y = enlarging.luma_plane(image)
     height, width = y.shape[-2:]
     return float(((y - resize(resize(y, width // 2, height // 2), width, height)) ** 2).mean())
 
@@ -32,11 +32,11 @@ def small(**overrides) -> Settings:
 def test_refinement_is_planned_after_the_working_size_and_only_below_full_size():
     engine = StyleTransfer(small())
     plan = engine.plan(200, 150)
-    assert [(s.width, s.height, s.detail) for s in plan[-2:]] == [(48, 36, False),
+    assert [(s.width, s.height, s.refining) for s in plan[-2:]] == [(48, 36, False),
                                                                   (200, 150, True)]
     assert plan[-1].steps == 3
-    assert not any(s.detail for s in engine.plan(40, 30))  # already worked at full size
-    assert not any(s.detail for s in StyleTransfer(small(detail="working")).plan(200, 150))
+    assert not any(s.refining for s in engine.plan(40, 30))  # already worked at full size
+    assert not any(s.refining for s in StyleTransfer(small(detail="working")).plan(200, 150))
 
 
 def test_automatic_detail_refines_on_a_gpu_only():
@@ -59,9 +59,9 @@ def test_refinement_keeps_size_alpha_and_changes_the_enlarged_picture(photo, pai
     enlarged = StyleTransfer(small(detail="working")).stylize(content, style)
     assert refined.picture.rgb.shape == rgb.shape and refined.picture.bits == 16
     assert np.array_equal(refined.picture.alpha, content.alpha)
-    assert [it.detail for it in steps].count(True) == 3
+    assert [it.refining for it in steps].count(True) == 3
     assert steps[-1].width == 96 and steps[-1].step == steps[-1].total
-    losses = [it.loss for it in steps if it.detail]
+    losses = [it.loss for it in steps if it.refining]
     assert losses[-1] < losses[0]  # it optimised the enlarged picture further ...
     assert not np.array_equal(refined.picture.rgb, enlarged.picture.rgb)  # ... and kept it
     assert refined.steps == enlarged.steps + 3
@@ -76,11 +76,11 @@ def test_keep_during_the_refinement_keeps_the_enlarged_picture(painting):
     budget = {"memory_budget": (devices.fixed_bytes(CPU) + 64 * 300 * 220 + work) / 1e9}
     engine = StyleTransfer(small(**budget))
     refinement = engine.plan(300, 220)[-1]
-    assert refinement.detail and len(refinement.tiles) > 1
+    assert refinement.refining and len(refinement.tiles) > 1
     control = Control()
 
     def keep_in_the_refinement(it):
-        if it.detail:
+        if it.refining:
             control.finish.set()
 
     kept = engine.stylize(content, style, keep_in_the_refinement, control)
@@ -93,7 +93,7 @@ def test_cancel_during_the_refinement_is_cancelled(photo, painting):
     control = Control()
 
     def cancel_in_the_refinement(it):
-        if it.detail:
+        if it.refining:
             control.cancel.set()
 
     with pytest.raises(EngineError) as info:
@@ -126,7 +126,7 @@ def test_refinement_in_tiles_stays_in_budget_and_leaves_no_seams(painting, monke
     engine = StyleTransfer(Settings(max_size=128, iterations=20, device="cpu", seed=3,
                                     detail="full", detail_steps=8, memory_budget=1.25))
     refinement = engine.plan(512, 384)[-1]
-    assert refinement.detail and len(refinement.tiles) >= 4
+    assert refinement.refining and len(refinement.tiles) >= 4
     budget = engine.work_budget(512 * 384)
     assert all((x1 - x0) * (y1 - y0) * BYTES_PER_PIXEL <= budget
                for x0, y0, x1, y1 in refinement.tiles)
@@ -185,7 +185,7 @@ def test_refinement_out_of_memory_says_what_to_change(photo, painting, monkeypat
     original = Loop.optimise
 
     def no_memory(self, start, objective, scale, tile, photo=None):
-        if scale.detail:
+        if scale.refining:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried...")
         return original(self, start, objective, scale, tile, photo)
 

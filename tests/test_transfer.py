@@ -109,6 +109,36 @@ def test_cancel_stops_within_a_step(photo, painting):
     assert info.value.kind == "cancelled" and steps == [1]
 
 
+def test_a_cancel_during_the_style_grams_ends_the_run_between_two_strips(
+        photo, painting, monkeypatch):
+    """What ``test_failures.py`` (3.) times from outside the engine, seen from inside:
+    the painting enlarged 40× goes through the network in strips; a cancel asked
+    during the first strip ends the run before the next strip, and before any step."""
+    import traceback
+
+    from nst_engine.network import Network
+
+    control = Control()
+    strips = []
+    features = Network.features
+
+    def first_strip_cancels(self, image):
+        if image.shape[-1] > 1000:  # the enlarged painting (the photo is 64 px wide)
+            strips.append(image.shape[-2])
+            control.cancel.set()
+        return features(self, image)
+
+    monkeypatch.setattr(Network, "features", first_strip_cancels)
+    steps = []
+    painting_picture = load_picture(painting)
+    with pytest.raises(EngineError) as info:
+        StyleTransfer(small(style_scale=40.0, memory_budget=1.5)).stylize(
+            load_picture(photo), [painting_picture], steps.append, control)
+    assert info.value.kind == "cancelled" and steps == []
+    assert len(strips) == 1 and strips[0] < 40 * 64  # one strip of several, then no more
+    assert "grams" in [frame.name for frame in traceback.extract_tb(info.tb)]
+
+
 def test_finish_keeps_the_image_after_the_current_step(photo, painting):
     control = Control()
     seen = []
