@@ -471,3 +471,39 @@ def test_a_silent_engine_is_given_up_but_a_stopped_plugin_is_not(tmp_path, monke
     finally:
         if run.process.poll() is None:
             run.process.kill()
+
+
+@pytest.mark.parametrize("engine_said, photographer_reads", [
+    ("CUDA was asked for but this torch sees no CUDA GPU; use --device cpu",
+     "use “Device: Processor (CPU)”"),
+    ("out of memory at 1024×768 on cuda; try --max-size 724 or a smaller --memory-budget",
+     "try “Working size” 724 or a smaller --memory-budget (a command-line option)"),
+    ("out of memory refining at full size (6000×4000) on cuda; try --detail working or a "
+     "smaller --memory-budget", "try “Detail: Working size, enlarged (fast)”"),
+    ("out of memory; try a smaller --max-size or smaller images",
+     "try a smaller “Working size” or smaller images"),
+])
+def test_engine_advice_is_in_the_dialogs_words(engine_said, photographer_reads):
+    words, advised = nst_arguments.in_dialog_words(engine_said)
+    assert photographer_reads in words and advised
+    assert "--device" not in words and "--max-size" not in words and "--detail" not in words
+    assert nst_arguments.in_dialog_words("the style image is unreadable") == (
+        "the style image is unreadable", False)
+
+
+def test_an_engine_error_that_says_what_to_do_gets_no_generic_hint(tmp_path, monkeypatch):
+    """What a photographer saw with Device: NVIDIA GPU on a computer without one: a
+    command-line flag and "Check the style image and the options"."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    error = {"event": "error", "kind": "bad_input",
+             "message": "CUDA was asked for but this torch sees no CUDA GPU; use --device cpu"}
+    command = fake_engine(f"print({json.dumps(json.dumps(error))}); sys.exit(2)")
+    _, raw, shape = layer()
+    with pytest.raises(nst_messages.ClientError) as info:
+        nst_client.run_engine(command, settings(), raw, shape, __file__)
+    shown = nst_messages.user_message(info.value)
+    assert "“Device: Processor (CPU)”" in shown and "--device" not in shown
+    assert nst_messages._(nst_messages.HINTS["bad_input"]) not in shown
+    unadvised = nst_messages.ClientError("bad_input", "the style image is unreadable")
+    assert nst_messages.user_message(unadvised).endswith(
+        nst_messages._(nst_messages.HINTS["bad_input"]))

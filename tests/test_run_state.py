@@ -51,6 +51,28 @@ def test_a_run_from_start_to_result():
     assert state.status == "Adding the layer…"
 
 
+def test_the_remaining_time_is_what_runs_here_took_not_the_step_cap():
+    """A photographer saw "at most 2 h 00 min" for a run that ended by itself after
+    12 min: with runs measured here, the remaining time is an estimate (the top scale
+    stopping where runs at its size stopped) and says so, the cap beside it."""
+    started = {"event": "started", "device": "cpu", "precision": "fp32", "width": 1080,
+               "height": 720, "max_size": 128, "scales": [[64, 48, 10, 1], [128, 96, 20, 1]]}
+    calibration = {"device": "cpu", "precision": "fp32", "top_fractions": {"128": 0.5}}
+    state = RunState("this computer", calibration)
+    state.on_event(started)
+    state.on_event(progress(5, total=30, eta=60.0))
+    # left at the cap: 5 steps of 64×48 and 20 of 128×96; typically: 5 and 10
+    assert state.remaining == "about 32 s (at most 1 min 00 s)"
+    state.on_event(progress(21, total=30, eta=10.0))  # past where runs here stopped
+    assert state.remaining == "any moment now (at most 10 s)"
+    for other in ({**calibration, "device": "cuda"}, {**calibration, "top_fractions": {}},
+                  None):  # measured elsewhere, at another size, or not at all
+        state = RunState("this computer", other)
+        state.on_event(started)
+        state.on_event(progress(5, total=30, eta=60.0))
+        assert state.remaining == "at most 1 min 00 s"
+
+
 def test_keep_during_the_refinement_says_which_picture_is_kept():
     state = RunState("gpu-box")
     state.on_event({"event": "started", "device": "cuda", "precision": "fp32", "width": 6000,

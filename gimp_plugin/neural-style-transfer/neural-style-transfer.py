@@ -40,7 +40,8 @@ import nst_estimates  # noqa: E402
 import nst_layers  # noqa: E402
 from nst_client import Cancelled  # noqa: E402
 from nst_layers import Failure  # noqa: E402
-from nst_messages import ClientError, _, format_eta, user_message  # noqa: E402
+from nst_messages import ClientError, _, user_message  # noqa: E402
+from nst_run_state import RunState  # noqa: E402
 
 PROC_NAME = "python-fu-neural-style-transfer"
 CALIBRATION = os.path.join(PLUGIN_DIR, "nst-calibration.json")
@@ -75,17 +76,18 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
         run.send_request(settings, pixels, (height, width, channels), style_path,
                          PREVIEW_INTERVAL_S if interactive else 0.0)
         del pixels
+        calibration = nst_estimates.load_calibration(CALIBRATION)
         if interactive:
             from nst_run_window import RunWindow
 
             result = RunWindow(run, speed, os.path.basename(style_path), ok_at,
-                               show_step_in_gimp, PROC_NAME).run()
+                               show_step_in_gimp, PROC_NAME, calibration).run()
         else:
-            result = run_with_progress_bar(run, speed)
+            result = run_with_progress_bar(run, speed, calibration)
         speed.report()
-        calibration = speed.calibration()
-        if calibration:
-            nst_estimates.save_calibration(CALIBRATION, calibration)
+        measured = speed.calibration()
+        if measured:
+            nst_estimates.save_calibration(CALIBRATION, measured)
         data, shape = result["payload"], tuple(result["shape"])
         if shape != (height, width, channels):
             raise Failure(_("The engine returned an array of shape {shape}, expected "
@@ -104,19 +106,22 @@ def show_step_in_gimp(state):
     Gimp.progress_set_text(state.progress_text)
 
 
-def run_with_progress_bar(run, speed):
-    """A run without a window (scripts, batches): GIMP's progress bar shows the step."""
+def run_with_progress_bar(run, speed, calibration):
+    """A run without a window (scripts, batches): GIMP's progress bar shows the step
+    and the time left, worked out as the run window does (``RunState``)."""
     Gimp.progress_set_text(_("Neural style transfer: starting the engine"))
+    state = RunState(run.where, calibration)
 
     def on_event(event):
         speed.on_event(event)
+        state.on_event(event)
         if event["event"] != "progress":
             return
         p = event["progress"]
         Gimp.progress_update(p.fraction)
-        Gimp.progress_set_text(_("Neural style transfer: step {step} of {total}, about "
-                                 "{time} left").format(step=p.step, total=p.total,
-                                                       time=format_eta(p.eta_s)))
+        Gimp.progress_set_text(_("Neural style transfer: step {step} of {total}, time left: "
+                                 "{remaining}").format(step=p.step, total=p.total,
+                                                       remaining=state.remaining))
 
     run.on_event = on_event
     # SIGUSR1 is "Keep this result" for runs without a window (docs/protocol.md)

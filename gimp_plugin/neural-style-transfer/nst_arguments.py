@@ -4,6 +4,7 @@ settings read back from them; standard library only."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from nst_messages import N_, _
@@ -18,15 +19,15 @@ ARGUMENT_KNOBS = ("style_strength", "iterations", "max_size", "preserve_colors",
 # How the dialog names them and their choices (the underscore: the mnemonic).
 LABELS = {
     "style_strength": N_("Style stre_ngth"),
-    "iterations": N_("It_erations"),
-    "max_size": N_("_Max size (0 = automatic)"),
+    "iterations": N_("Ste_ps, at most"),
+    "max_size": N_("_Working size (0 = automatic)"),
     "preserve_colors": N_("_Keep the photo's colours"),
-    "seed": N_("See_d"),
+    "seed": N_("Va_riation (seed)"),
     "detail": N_("De_tail"),
     "device": N_("De_vice"),
 }
 CHOICE_LABELS = {
-    "detail": {"auto": N_("Automatic (full size on a GPU)"),
+    "detail": {"auto": N_("Automatic (refined on a GPU, enlarged on a processor)"),
                "working": N_("Working size, enlarged (fast)"),
                "full": N_("Refine at full size (sharp at 100 %)")},
     "device": {"auto": N_("Automatic (GPU if available)"), "cuda": N_("NVIDIA GPU (CUDA)"),
@@ -77,3 +78,37 @@ def settings_from_config(value_of) -> dict:
     """Engine settings from the procedure's arguments, read by name (``value_of(name)``)."""
     return {knob: KNOBS[knob]["kind"](value_of(argument_name(knob)))
             for knob in ARGUMENT_KNOBS}
+
+
+# A command-line option in an engine message, and the value after it when it has one
+# (``--device cpu``, ``--max-size 362``; not the ``or`` of ``--max-size or``).
+OPTION = re.compile(r"--([a-z][a-z-]*)(?: ([0-9][0-9.]*|[a-z]+))?")
+
+
+def field_name(knob: str) -> str:
+    """The dialog field's name as a message quotes it: no mnemonic, no note."""
+    return re.sub(r"\s*\(.*\)$", "", _(LABELS[knob]).replace("_", ""))
+
+
+def in_dialog_words(message: str) -> tuple[str, bool]:
+    """An engine message in the dialog's words: its advice names command-line options
+    (``use --device cpu``, ``try --max-size 362``), and the photographer sees the
+    dialog's fields and choices instead (“Device: Processor (CPU)”, “Working size”
+    362); an option the dialog has not is said to be the command line's. True as well
+    when the message advised something this way (no generic hint is needed then)."""
+    advised = False
+
+    def words(match: re.Match) -> str:
+        nonlocal advised
+        advised = True
+        knob, value = match.group(1).replace("-", "_"), match.group(2)
+        if knob not in LABELS:
+            return _("{option} (a command-line option)").format(option=match.group(0))
+        choices = CHOICE_LABELS.get(knob, {})
+        if value in choices:
+            return _("“{field}: {choice}”").format(field=field_name(knob),
+                                                   choice=_(choices[value]))
+        text = _("“{field}”").format(field=field_name(knob))
+        return f"{text} {value}" if value else text
+
+    return OPTION.sub(words, message), advised

@@ -23,6 +23,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from nst_arguments import in_dialog_words
 from nst_config import engine_environment
 from nst_messages import ClientError, log_note
 
@@ -62,7 +63,7 @@ class Progress:
     eta_s: float
     scale: int
     scales: int
-    detail: bool = False  # the refinement at full size
+    refining: bool = False  # a step of the refinement at full size (the wire's ``detail``)
     tile: int = 1
     tiles: int = 1
 
@@ -263,8 +264,8 @@ class EngineRun:
         if event["event"] == "result":
             self.result = event
         elif event["event"] == "error":
-            self.error = ClientError(str(event.get("kind", "internal")),
-                                     str(event.get("message", "")))
+            message, advised = in_dialog_words(str(event.get("message", "")))
+            self.error = ClientError(str(event.get("kind", "internal")), message, advised)
         if self.on_event:
             self.on_event(event)
 

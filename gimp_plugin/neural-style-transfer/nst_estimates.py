@@ -10,6 +10,7 @@ import os
 import stat
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from nst_messages import ClientError
@@ -27,6 +28,28 @@ def timing(what: str, since: float) -> None:
               file=sys.stderr, flush=True)
 
 
+@dataclass
+class ScaleMarks:
+    """One scale's steps as measured: its pixels, and the run's elapsed seconds at its
+    first and last step."""
+
+    pixels: int
+    first_s: float
+    last_s: float = 0.0
+    steps: int = 0
+
+
+@dataclass
+class RefinementMarks:
+    """The refinement at full size as measured: the photo's pixels, its tiles, and
+    the elapsed seconds at its last step."""
+
+    pixels: int
+    tiles: int
+    last_s: float = 0.0
+    steps: int = 0
+
+
 class SpeedLog:
     """Measures a run from its events, for the next runs' time estimates: start-up,
     seconds per step as ``a + b × pixels``, and the share of the top scale's steps
@@ -37,11 +60,11 @@ class SpeedLog:
         self.device = None
         self.precision = None
         self.planned: list = []
-        self.planned_detail = False
+        self.plans_refinement = False
         self.first_step_at = None
-        self.marks: dict[int, list] = {}  # scale → [pixels, first elapsed, last elapsed, steps]
+        self.marks: dict[int, ScaleMarks] = {}  # by scale, from 1
         self.working_end = 0.0  # elapsed at the working size's last step
-        self.detail = None  # the refinement: [last elapsed, steps, tiles, photo pixels]
+        self.refinement: RefinementMarks | None = None
         self.result = None
         self.first_seen: dict[str, float] = {}  # event kind → seconds after launch
 
@@ -52,22 +75,23 @@ class SpeedLog:
             self.device = event.get("device")
             self.precision = event.get("precision", "fp32")
             self.planned = event.get("scales", [])
-            self.planned_detail = bool(event.get("detail"))
+            self.plans_refinement = bool(event.get("detail"))
         elif kind == "progress":
             p = event["progress"]
             if self.first_step_at is None:
                 self.first_step_at = time.monotonic()
             elapsed = float(event.get("elapsed_s", 0))
             pixels = event.get("pixels") or event.get("width", 0) * event.get("height", 0)
-            mark = self.marks.setdefault(p.scale, [pixels, elapsed, 0.0, 0])
-            mark[2] = elapsed
-            mark[3] += 1
-            if not p.detail:
+            mark = self.marks.setdefault(p.scale, ScaleMarks(pixels, elapsed))
+            mark.last_s = elapsed
+            mark.steps += 1
+            if not p.refining:
                 self.working_end = elapsed
             else:
-                self.detail = self.detail or [0.0, 0, p.tiles,
-                                              event.get("width", 0) * event.get("height", 0)]
-                self.detail[0], self.detail[1] = elapsed, self.detail[1] + 1
+                self.refinement = self.refinement or RefinementMarks(
+                    event.get("width", 0) * event.get("height", 0), p.tiles)
+                self.refinement.last_s = elapsed
+                self.refinement.steps += 1
         elif kind == "result":
             self.result = event
 
@@ -78,28 +102,28 @@ class SpeedLog:
             print(f"nst-timings: {text}", file=sys.stderr, flush=True)
 
     def calibration(self) -> dict | None:
-        points = [(pixels, (last - first) / (steps - 1))
-                  for pixels, first, last, steps in self.marks.values() if steps > 2]
+        points = [(m.pixels, (m.last_s - m.first_s) / (m.steps - 1))
+                  for m in self.marks.values() if m.steps > 2]
         if not points or self.first_step_at is None or not self.device:
             return None
         a, b = _fit_line(points)
-        first_pixels = self.marks[min(self.marks)][0]
+        first_pixels = self.marks[min(self.marks)].pixels
         startup = self.first_step_at - self.launched - (a + b * first_pixels)
         fractions = {}
-        working = len(self.planned) - (1 if self.planned_detail else 0)
+        working = len(self.planned) - (1 if self.plans_refinement else 0)
         if self.result and self.result.get("stopped") in ("completed", "converged") \
                 and working in self.marks:
             top = self.planned[working - 1]
             fractions[str(max(top[0], top[1]))] = round(
-                self.marks[working][3] / max(1, top[2]), 3)
+                self.marks[working].steps / max(1, top[2]), 3)
         calibration = {"device": self.device, "precision": self.precision,
                        "startup_s": round(max(0.0, startup), 3),
                        "step_s": round(a, 6), "step_s_per_megapixel": round(b * 1e6, 6),
                        "top_fractions": fractions}
-        if self.detail:
-            last, ticks, tiles, pixels = self.detail
+        if self.refinement:
+            r = self.refinement
             calibration["detail_s_per_megapixel_step"] = round(
-                (last - self.working_end) / (ticks / tiles * pixels / 1e6), 6)
+                (r.last_s - self.working_end) / (r.steps / r.tiles * r.pixels / 1e6), 6)
         return calibration
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -223,3 +247,38 @@ def estimate_seconds(calibration: dict | None, width: int, height: int,
             DETAIL_OVERLAP * calibration["step_s_per_megapixel"]
         seconds += knobs.refinement_steps(device) * width * height / 1e6 * rate
     return seconds
+
+
+def typical_top_fraction(calibration: dict | None, started: dict) -> float | None:
+    """The share of the top working scale's steps that runs here took at this run's
+    size before the convergence rule stopped them, from the calibration when it was
+    measured on the device and in the precision of this run (``started``: the run's
+    first event); None where none was measured."""
+    if not calibration or (calibration.get("device"), calibration.get("precision")) != \
+            (started.get("device"), started.get("precision", "fp32")):
+        return None
+    planned = started.get("scales") or []
+    working = planned[:-1] if started.get("detail") else planned
+    if not working:
+        return None
+    fraction = (calibration.get("top_fractions") or {}).get(str(max(working[-1][:2])))
+    return min(1.0, float(fraction)) if fraction else None
+
+
+def typical_remaining_s(eta_s: float, step: int, started: dict, fraction: float) -> float:
+    """The seconds a run should still take after progress step ``step``: the engine's
+    ``eta_s`` counts every step up to the cap, and the top working scale is taken to
+    stop after ``fraction`` of its steps, as the runs here did (each step weighted by
+    the pixels it works on)."""
+    planned = started.get("scales") or []
+    top = len(planned) - (2 if started.get("detail") else 1)
+    at_cap = expected = 0.0
+    start = 0
+    for index, (width, height, steps, tiles) in enumerate(planned):
+        count = steps * max(1, tiles)
+        typical = math.ceil(count * fraction) if index == top else count
+        pixels = width * height / max(1, tiles)
+        at_cap += max(0, start + count - max(step, start)) * pixels
+        expected += max(0, start + typical - max(step, start)) * pixels
+        start += count
+    return eta_s * expected / at_cap if at_cap else 0.0

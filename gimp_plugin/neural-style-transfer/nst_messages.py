@@ -28,8 +28,8 @@ HINTS = {
                         "what is missing."),
     "no_weights": N_("Install the network weights: run install.sh again, or "
                      "'<the engine's Python> -m nst_engine weights download'."),
-    "out_of_memory": N_("Lower 'Max size', select a smaller area, or close other GPU "
-                        "programs."),
+    "out_of_memory": N_("Lower the working size, select a smaller area, or close other "
+                        "GPU programs."),
     "bad_input": N_("Check the style image and the options."),
     "bad_config": N_("Correct that entry in nst-engine.json, in the plug-in's folder, or "
                      "run install.sh again: it writes the file anew."),
@@ -47,16 +47,18 @@ DEVICE_NAMES = {"cpu": N_("processor"), "cuda": N_("GPU"), "mps": N_("GPU")}
 
 
 class ClientError(Exception):
-    """A failure to show the user: ``kind`` as in the protocol, plus a human message."""
+    """A failure to show the user: ``kind`` as in the protocol, plus a human message;
+    ``advised``: the message says what to do itself (the kind's hint is left out)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, advised: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.advised = advised
 
 
 def user_message(error: ClientError) -> str:
-    hint = _(HINTS[error.kind]) if error.kind in HINTS else ""
+    hint = _(HINTS[error.kind]) if error.kind in HINTS and not error.advised else ""
     return f"{error.message}\n\n{hint}".strip()
 
 

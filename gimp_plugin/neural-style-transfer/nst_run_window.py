@@ -26,13 +26,13 @@ class RunWindow:
     engine's events from GLib's main loop; closing it cancels the run."""
 
     def __init__(self, run, speed, style_name: str, started: float, on_progress,
-                 plugin_name: str) -> None:
+                 plugin_name: str, calibration: dict | None = None) -> None:
         GimpUi.init(plugin_name)  # once per process: the dialog may have done it
         self.speed = speed
         self.started = started
         self.on_progress = on_progress  # called with the state after each step
         self.pictures = 0
-        self.state = RunState(run.where)
+        self.state = RunState(run.where, calibration)
         self.engine_run = run
         run.on_event = self.on_event
 
