@@ -122,6 +122,7 @@ def serve(idle_s: float) -> int:
                     return 0
                 continue
             busy.set()
+            _tell_places(waiting)
             try:
                 _run(ticket, cache, folder)
             finally:
@@ -206,6 +207,15 @@ def _intake(conn: socket.socket, slots: Connections, waiting: queue.Queue,
         emit({"event": "queued", "ahead": ahead})
     watch_commands(channel, control, channel.heartbeat_s)
     waiting.put(Ticket(conn, emit, control, job, scratch))
+
+
+def _tell_places(waiting: queue.Queue) -> None:
+    """Each waiting client hears its new place when a run starts (``queued``: how many
+    runs are before it, the running one included), so that its window counts down."""
+    with waiting.mutex:
+        tickets = list(waiting.queue)
+    for place, ticket in enumerate(tickets, start=1):
+        ticket.emit({"event": "queued", "ahead": place})
 
 
 def _run(ticket: Ticket, cache, folder: Path) -> None:

@@ -31,8 +31,10 @@ def test_a_run_from_start_to_result():
     state = RunState("this computer")
     assert state.waiting == "Starting the engine…"
     assert not state.keep_enabled and state.cancel_enabled  # nothing to keep yet
-    state.on_event({"event": "queued", "ahead": 1})
-    assert state.waiting.startswith("Waiting for the engine")
+    state.on_event({"event": "queued", "ahead": 3})
+    assert state.waiting == "Waiting for the engine: 3 pictures are ahead of this one"
+    state.on_event({"event": "queued", "ahead": 1})  # the queue moved
+    assert state.waiting == "Waiting for the engine: another picture is being painted"
     state.on_event({"event": "started", "device": "cpu", "precision": "bf16", "width": 1080,
                     "height": 720, "max_size": 512})
     assert state.waiting == "Working out the style…"

@@ -81,29 +81,47 @@ def test_started_on_demand_then_warm(painting):
     assert not path.exists()
 
 
-def test_a_second_client_is_queued(painting):
+def test_queued_clients_are_told_their_place_as_the_queue_moves(painting):
+    """One run paints, two wait: each waiting client hears how many runs are before
+    it, and hears it again when the queue moves, so that its window counts down."""
     results, errors = {}, []
-    working = threading.Event()
+    working, second_waits = threading.Event(), threading.Event()
+    data = np.random.default_rng(0).random((50, 60, 3), dtype=np.float32)
 
-    def client(name, iterations):
+    def client(name, settings, on_event):
+        events = []
+
+        def record(event):
+            events.append(event)
+            on_event(event)
+
         try:
-            results[name] = run(painting, iterations, lambda e: e["event"] == "progress"
-                                and working.set())
+            result = nst_client.run_engine(CONNECT, {**SETTINGS, **settings}, data.tobytes(),
+                                           data.shape, str(painting), record)
+            results[name] = result, events
         except Exception as exc:  # reported below
             errors.append(exc)
 
-    first = threading.Thread(target=client, args=("first", 300))
-    first.start()
+    threads = [threading.Thread(target=client, args=args) for args in (
+        ("first", {"iterations": 150, "converge": False},
+         lambda e: e["event"] == "progress" and working.set()),
+        ("second", {}, lambda e: e["event"] == "queued" and second_waits.set()),
+        ("third", {}, lambda e: None))]
+    threads[0].start()
     assert working.wait(120)  # the first is running
-    second = threading.Thread(target=client, args=("second", 4))
-    second.start()
-    for thread in (first, second):
+    threads[1].start()
+    assert second_waits.wait(60)
+    threads[2].start()
+    for thread in threads:
         thread.join(timeout=300)
-    assert not errors and len(results) == 2
-    events = {name: [e["event"] for e in found] for name, (_, found) in results.items()}
-    assert events["second"][0] == "queued" and "queued" not in events["first"]
-    assert events["second"][-1] == "result" and results["second"][0]["steps"] == 4
-    assert service_pid(results["first"][1]) == service_pid(results["second"][1])
+    assert not errors and len(results) == 3
+    told = {name: [(e["event"], e.get("ahead")) for e in found if e["event"] != "alive"]
+            for name, (_, found) in results.items()}
+    assert "queued" not in [kind for kind, _ in told["first"]]
+    assert told["second"][0] == ("queued", 1) and told["second"][1][0] == "started"
+    assert told["third"][:3] == [("queued", 2), ("queued", 1), ("started", None)]
+    assert results["third"][0]["steps"] == 4
+    assert len({service_pid(found) for _, found in results.values()}) == 1
 
 
 def test_crash_mid_run_is_a_clear_message_and_the_next_run_starts_fresh(painting):

@@ -14,7 +14,9 @@ import os
 
 TEXT_DOMAIN = "nst-gimp"
 LOCALE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locale")
-_ = gettext.translation(TEXT_DOMAIN, LOCALE_DIR, fallback=True).gettext
+_translation = gettext.translation(TEXT_DOMAIN, LOCALE_DIR, fallback=True)
+_ = _translation.gettext
+ngettext = _translation.ngettext
 
 
 def N_(message: str) -> str:

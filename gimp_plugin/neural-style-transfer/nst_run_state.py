@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nst_estimates import typical_remaining_s, typical_top_fraction
-from nst_messages import _, device_name, format_eta
+from nst_messages import _, device_name, format_eta, ngettext
 
 
 @dataclass
@@ -48,8 +48,14 @@ class RunState:
                 width=event.get("width"), height=event.get("height"),
                 size=event.get("max_size"), device=device, where=self.where,
                 arithmetic=arithmetic)
-        elif kind == "queued":
-            self.waiting = _("Waiting for the engine: another picture is being painted")
+        elif kind == "queued":  # again whenever the queue moves
+            ahead = event.get("ahead", 1)
+            ahead = ahead if isinstance(ahead, int) and ahead > 0 else 1
+            self.waiting = _("Waiting for the engine: another picture is being painted") \
+                if ahead == 1 else ngettext(
+                    "Waiting for the engine: {count} picture is ahead of this one",
+                    "Waiting for the engine: {count} pictures are ahead of this one",
+                    ahead).format(count=ahead)
         elif kind == "progress":
             p = event["progress"]
             self.refining = p.refining
