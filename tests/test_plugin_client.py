@@ -330,6 +330,18 @@ def test_estimate_counts_the_refinement_at_full_size(tmp_path):
     assert full - working == pytest.approx(steps * 6.0)
     assert nst_estimates.estimate_seconds(loaded, 1000, 1000, {**settings, "detail": "auto"}) \
         == working  # automatic: no refinement on the processor
+    # What the dialog says Refine at full size would cost here, for a run without it
+    cost = nst_estimates.refinement_cost_s(loaded, 1000, 1000, {**settings, "detail": "auto"})
+    assert cost == pytest.approx(steps * 6.0)
+    assert nst_messages.format_refinement(cost) == (
+        f"Detail: “Refine at full size” would make it sharp at 100 %, for about "
+        f"{nst_messages.format_eta(steps * 6.0)} more here.")
+    for refined, width in (("full", 1000), ("working", 128)):  # refines, or is full size
+        assert nst_estimates.refinement_cost_s(
+            loaded, width, width, {**settings, "detail": refined}) == 0.0
+    assert nst_messages.format_refinement(0.0) == ""
+    unmeasured = nst_estimates.refinement_cost_s(None, 1000, 1000, settings)
+    assert unmeasured is None and "several times" in nst_messages.format_refinement(None)
 
 
 def test_a_run_in_another_precision_starts_the_calibration_afresh(tmp_path):

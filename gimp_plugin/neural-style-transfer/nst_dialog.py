@@ -1,5 +1,6 @@
 """The procedure's dialog: GIMP's own, filled from the arguments, with the run's
-estimated time under the options, updated whenever an option changes."""
+estimated time under the options (and what *Refine at full size* would cost), updated
+whenever an option changes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ gi.require_version("Gtk", "3.0")
 import nst_estimates  # noqa: E402
 from gi.repository import GimpUi, Gtk  # noqa: E402
 from nst_arguments import settings_from_config  # noqa: E402
-from nst_messages import ClientError, _, format_estimate  # noqa: E402
+from nst_messages import ClientError, _, format_estimate, format_refinement  # noqa: E402
 
 
 def show_dialog(procedure, config, drawables, plugin_name: str,
@@ -35,10 +36,13 @@ def show_dialog(procedure, config, drawables, plugin_name: str,
         settings = settings_from_config(config.get_property)
         try:
             seconds = nst_estimates.estimate_seconds(calibration, width, height, settings)
+            extra = nst_estimates.refinement_cost_s(calibration, width, height, settings)
         except ClientError as refused:  # the engine would refuse this run
             estimate.set_text(refused.message)
             return
-        estimate.set_text(format_estimate(seconds, calibration and calibration.get("device")))
+        lines = [format_estimate(seconds, calibration and calibration.get("device")),
+                 format_refinement(extra)]
+        estimate.set_text("\n".join(line for line in lines if line))
 
     config.connect("notify", update)
     update()

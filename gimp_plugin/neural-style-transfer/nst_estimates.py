@@ -228,8 +228,7 @@ def estimate_seconds(calibration: dict | None, width: int, height: int,
                      settings: dict) -> float | None:
     """Seconds a run of these settings should take here, or None before the first run;
     ClientError for a run the engine would refuse (:func:`planned_run`)."""
-    device = (calibration or {}).get("device") or \
-        ("cpu" if settings.get("device", "auto") in ("auto", "cpu") else settings["device"])
+    device = _device(calibration, settings)
     knobs, scales = planned_run(width, height, settings, device)
     if not calibration:
         return None
@@ -247,6 +246,30 @@ def estimate_seconds(calibration: dict | None, width: int, height: int,
             DETAIL_OVERLAP * calibration["step_s_per_megapixel"]
         seconds += knobs.refinement_steps(device) * width * height / 1e6 * rate
     return seconds
+
+
+def _device(calibration: dict | None, settings: dict) -> str:
+    """The device the run will use: where runs here were measured, else the one asked
+    for (the processor for Automatic, until a run has said otherwise)."""
+    asked = settings.get("device", "auto")
+    return (calibration or {}).get("device") or ("cpu" if asked in ("auto", "cpu") else asked)
+
+
+def refinement_cost_s(calibration: dict | None, width: int, height: int,
+                      settings: dict) -> float | None:
+    """The seconds *Refine at full size* would add to this run here: 0 when the run
+    refines already or works at the layer's full size anyway, None before the first
+    run (nothing measured). ClientError as for :func:`estimate_seconds`."""
+    device = _device(calibration, settings)
+    knobs, scales = planned_run(width, height, settings, device)
+    top = scales[-1]
+    if knobs.refines(device) or (top.width, top.height) == (width, height):
+        return 0.0
+    now = estimate_seconds(calibration, width, height, settings)
+    if now is None:
+        return None
+    refined = estimate_seconds(calibration, width, height, {**settings, "detail": "full"})
+    return max(0.0, refined - now)
 
 
 def typical_top_fraction(calibration: dict | None, started: dict) -> float | None:
