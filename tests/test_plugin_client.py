@@ -277,6 +277,36 @@ def test_speed_log_calibrates_and_estimates(tmp_path):
     assert "first run" in nst_messages.format_estimate(None, None)
 
 
+def test_the_estimate_learns_from_every_run_not_the_last(tmp_path):
+    """A photographer saw the estimate jump 12 → 4 → 11 → 6 min as settings changed:
+    each run replaced the speed with its own, fitted only through the sizes it worked
+    at. Now the speed is fitted through the latest runs' steps together, the start-up
+    is their median, and a size's share of top-scale steps is averaged."""
+    def step_s(pixels):  # this computer's true speed
+        return 0.004 + 1e-6 * pixels
+
+    base = {"device": "cpu", "precision": "fp32", "step_s": 0.0}
+    small = {**base, "startup_s": 4.0, "step_s_per_megapixel": 1.0,
+             "top_fractions": {"256": 0.8}, "startups": [4.0],
+             "points": [[p, step_s(p)] for p in (128 * 128, 256 * 256)]}
+    large = {**base, "startup_s": 8.0, "step_s_per_megapixel": 1.015,  # through 0
+             "top_fractions": {"256": 0.6}, "startups": [8.0],
+             "points": [[512 * 512, step_s(512 * 512)]]}
+    path = tmp_path / "calibration.json"
+    nst_estimates.save_calibration(path, small)
+    nst_estimates.save_calibration(path, large)
+    learnt = nst_estimates.load_calibration(path)
+    assert learnt["step_s"] == pytest.approx(0.004, abs=1e-6)
+    assert learnt["step_s_per_megapixel"] == pytest.approx(1.0, rel=1e-3)
+    assert learnt["startup_s"] == 6.0 and learnt["top_fractions"] == {"256": 0.7}
+    for _ in range(40):  # many runs later, only the latest are kept
+        nst_estimates.save_calibration(path, dict(large))
+    assert len(nst_estimates.load_calibration(path)["points"]) == nst_estimates.KEPT_POINTS
+    other = {**large, "precision": "bf16"}  # another arithmetic starts afresh
+    nst_estimates.save_calibration(path, dict(other))
+    assert nst_estimates.load_calibration(path)["points"] == other["points"]
+
+
 def test_a_temporary_folder_that_cannot_be_made_is_a_message_and_starts_nothing(
         tmp_path, monkeypatch):
     """A full or unwritable /tmp: the photographer reads what to free, not 'the
