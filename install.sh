@@ -181,10 +181,12 @@ for name in ("cuda", "cpu") if torch.cuda.is_available() else ("cpu",):
     where = "GPU" if name == "cuda" else "processor"
     print(f"  ok       {where} arithmetic: {chosen.name} ({chosen.reason})")
 PY
-    "$engine_python" - "$(has_nvidia_gpu && echo yes || echo no)" <<'PY' || problems=$((problems+1))
+    "$engine_python" - "$(has_nvidia_gpu && echo yes || echo no)" \
+      "$(cat "$venv/$TORCH_RECORD" 2>/dev/null || true)" "$CPU_TORCH_INDEX" <<'PY' || problems=$((problems+1))
 import sys
 import torch
 gpu = sys.argv[1] == "yes"
+source, cpu_index = sys.argv[2].split(" ", 1)[0], sys.argv[3]
 build = f"CUDA {torch.version.cuda}" if torch.version.cuda else (
     f"ROCm {torch.version.hip}" if getattr(torch.version, "hip", None) else "CPU-only")
 if gpu and not torch.cuda.is_available():
@@ -194,7 +196,13 @@ if gpu and not torch.cuda.is_available():
 if torch.version.cuda and not gpu:
     print(f"  note     torch is a {build} build on a machine without an NVIDIA GPU: it runs on "
           "the CPU, but takes ~4 GB more disk than needed")
-    print("           smaller: rm -r the environment, then ./install.sh (picks the CPU build)")
+    if source == "fallback":  # the CPU build's index could not be reached at install
+        print(f"           (install.sh tried the CPU build first, but {cpu_index} could not be "
+              "reached from here; where it can be, remove the environment and run "
+              f"./install.sh --torch-index {cpu_index})")
+    else:
+        print("           smaller: rm -r the environment, then ./install.sh (picks the CPU "
+              "build)")
 else:
     print(f"  ok       torch build: {build}, matches this machine")
 PY
@@ -237,17 +245,39 @@ torch_indexes() {
   fi
 }
 
+# Which torch build went in, and from where, for --check's advice: "index URL" or
+# "fallback URL" (that index could not be used here, PyPI's build went in instead).
+TORCH_RECORD=nst-torch-source
+
 install_torch() {
-  local index
+  local index log
+  rm -f "$venv/$TORCH_RECORD"
   while IFS= read -r index; do
     if [ -z "$index" ]; then
-      "${pip[@]}" install torch torchvision && return 0
+      "${pip[@]}" install torch torchvision || return 1
+      [ -f "$venv/$TORCH_RECORD" ] || echo "index pypi" > "$venv/$TORCH_RECORD"
+      return 0
+    elif [ -n "$torch_index" ]; then
+      "${pip[@]}" install --index-url "$index" torch torchvision || return 1
+      echo "index $index" > "$venv/$TORCH_RECORD"
+      return 0
     else
-      say "torch from $index"
-      # --retries 0: where that index cannot be reached, fall back at once
-      "${pip[@]}" install --retries 0 --timeout 30 --index-url "$index" torch torchvision \
-        && return 0
-      [ -n "$torch_index" ] || warn "$index could not be used; trying PyPI's default torch build"
+      say "torch: PyTorch's CPU build from $index first (a tenth of the download);"
+      say "       where that index cannot be reached, PyPI's build instead"
+      # --retries 0: where that index cannot be reached, fall back at once. pip's own
+      # words go to a log: its "ERROR: ..." would read as the install failing.
+      log=$(mktemp)
+      if "${pip[@]}" install --retries 0 --timeout 30 --index-url "$index" torch torchvision \
+          >"$log" 2>&1; then
+        rm -f "$log"
+        echo "index $index" > "$venv/$TORCH_RECORD"
+        return 0
+      fi
+      say "torch: $index could not be used here (pip: $(grep -m1 -i 'error' "$log" \
+        | sed 's/^ERROR: *//' | cut -c1-100 || true)); installing PyPI's build, as"
+      say "       expected in that case"
+      rm -f "$log"
+      echo "fallback $index" > "$venv/$TORCH_RECORD"
     fi
   done < <(torch_indexes)
   return 1

@@ -44,3 +44,48 @@ def test_torch_index_wins(tmp_path):
     for gpu in (False, True):
         assert plan(tmp_path, "--torch-index", "https://example.invalid/cu124", gpu=gpu) == [
             "pip install --index-url https://example.invalid/cu124 torch torchvision"]
+
+
+FAKE_PYTHON = r"""#!/bin/bash
+# A python3 for install.sh's torch step: makes a venv of itself; pip cannot reach
+# PyTorch's CPU index and installs everything else.
+echo "$*" >> "$CALLS"
+case "$1 $2" in
+  "-m venv") mkdir -p "${@: -1}/bin" && cp "$0" "${@: -1}/bin/python" ;;
+  "-m pip")
+    if [[ " $* " == *" --index-url "* ]]; then
+      echo "ERROR: Could not find a version that satisfies the requirement torch" >&2
+      exit 1
+    fi ;;
+esac
+exit 0
+"""
+
+
+def test_the_cpu_builds_expected_fallback_reads_as_expected(tmp_path):
+    """A photographer's install printed pip's "ERROR: Could not find a version that
+    satisfies the requirement torch" before falling back to PyPI's build, which read
+    as a failed install; and --check then advised a reinstall that repeats it."""
+    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi",
+                                                                      path="/usr/bin:/bin"):
+        pytest.skip("this machine has an NVIDIA driver")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "CALLS": str(tmp_path / "calls"), "NST_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(["bash", str(INSTALL), "--no-weights"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert "ERROR" not in said and "WARNING: https" not in said
+    assert "PyPI's build instead" in said and "expected in that case" in said
+    calls = (tmp_path / "calls").read_text().splitlines()
+    torch_installs = [c for c in calls if c.endswith("install torch torchvision")
+                      or "torch torchvision" in c]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_installs[0]
+    assert "--index-url" not in torch_installs[1]
+    record = tmp_path / "data" / "venv" / "nst-torch-source"  # read by --check
+    assert record.read_text().split() == ["fallback", "https://download.pytorch.org/whl/cpu"]
