@@ -549,3 +549,9 @@ def test_an_engine_error_that_says_what_to_do_gets_no_generic_hint(tmp_path, mon
     unadvised = nst_messages.ClientError("bad_input", "the style image is unreadable")
     assert nst_messages.user_message(unadvised).endswith(
         nst_messages._(nst_messages.HINTS["bad_input"]))
+
+
+def test_the_dialog_says_when_the_selection_limits_the_area():
+    assert nst_messages.format_area(800, 600, 800, 600) == ""
+    assert nst_messages.format_area(300, 200, 800, 600) == (
+        "Only the selection is painted: 300×200 px of the layer's 800×600.")

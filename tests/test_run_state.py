@@ -67,6 +67,10 @@ def test_the_remaining_time_is_what_runs_here_took_not_the_step_cap():
     assert state.remaining == "about 32 s (at most 1 min 00 s)"
     state.on_event(progress(21, total=30, eta=10.0))  # past where runs here stopped
     assert state.remaining == "any moment now (at most 10 s)"
+    capped = RunState("this computer", {**calibration, "top_fractions": {"128": 1.0}})
+    capped.on_event(started)  # runs here went to the cap: the cap is the estimate
+    capped.on_event(progress(5, total=30, eta=60.0))
+    assert capped.remaining == "about 1 min 00 s"
     for other in ({**calibration, "device": "cuda"}, {**calibration, "top_fractions": {}},
                   None):  # measured elsewhere, at another size, or not at all
         state = RunState("this computer", other)

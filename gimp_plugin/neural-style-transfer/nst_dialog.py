@@ -1,6 +1,6 @@
 """The procedure's dialog: GIMP's own, filled from the arguments, with the run's
-estimated time under the options (and what *Refine at full size* would cost), updated
-whenever an option changes."""
+estimated time under the options (the selection's area, and what *Refine at full
+size* would cost), updated whenever an option changes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ gi.require_version("Gtk", "3.0")
 import nst_estimates  # noqa: E402
 from gi.repository import GimpUi, Gtk  # noqa: E402
 from nst_arguments import settings_from_config  # noqa: E402
-from nst_messages import ClientError, _, format_estimate, format_refinement  # noqa: E402
+from nst_messages import (  # noqa: E402
+    ClientError,
+    _,
+    format_area,
+    format_estimate,
+    format_refinement,
+)
 
 
 def show_dialog(procedure, config, drawables, plugin_name: str,
@@ -26,12 +32,13 @@ def show_dialog(procedure, config, drawables, plugin_name: str,
     estimate.set_margin_end(12)
     dialog.get_content_area().pack_end(estimate, False, False, 6)
     calibration = nst_estimates.load_calibration(calibration_path)
-    ok, _x, _y, width, height = drawables[0].mask_intersect() if len(drawables) == 1 \
-        else (False, 0, 0, 0, 0)
+    layer = drawables[0] if len(drawables) == 1 else None
+    ok, _x, _y, width, height = layer.mask_intersect() if layer else (False, 0, 0, 0, 0)
 
     def update(*_args) -> None:
         if not ok:
-            estimate.set_text("")
+            estimate.set_text(_("The selection does not touch this layer: select part of "
+                                "it, or Select ▸ None.") if layer else "")
             return
         settings = settings_from_config(config.get_property)
         try:
@@ -40,7 +47,8 @@ def show_dialog(procedure, config, drawables, plugin_name: str,
         except ClientError as refused:  # the engine would refuse this run
             estimate.set_text(refused.message)
             return
-        lines = [format_estimate(seconds, calibration and calibration.get("device")),
+        lines = [format_area(width, height, layer.get_width(), layer.get_height()),
+                 format_estimate(seconds, calibration and calibration.get("device")),
                  format_refinement(extra)]
         estimate.set_text("\n".join(line for line in lines if line))
 

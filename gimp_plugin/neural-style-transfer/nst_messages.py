@@ -118,3 +118,14 @@ def format_refinement(extra_s: float | None) -> str:
         return ""
     return _("Detail: “Refine at full size” would make it sharp at 100 %, for about "
              "{time} more here.").format(time=format_eta(extra_s))
+
+
+def format_area(width: int, height: int, layer_width: int, layer_height: int) -> str:
+    """Says that a selection limits what is painted (nothing when it is all of the
+    layer): the result layer then covers the selection's bounds, masked by it."""
+    if (width, height) == (layer_width, layer_height):
+        return ""
+    return _("Only the selection is painted: {width}×{height} px of the layer's "
+             "{layer_width}×{layer_height}.").format(width=width, height=height,
+                                                     layer_width=layer_width,
+                                                     layer_height=layer_height)

@@ -86,6 +86,8 @@ class RunState:
         seconds = typical_remaining_s(p.eta_s, p.step, self.started, self.top_fraction)
         if seconds < 1.0:  # past where runs here stopped: it stops any step now
             return _("any moment now (at most {time})").format(time=at_most)
+        if seconds > 0.95 * p.eta_s:  # runs here went (nearly) to the cap
+            return _("about {time}").format(time=at_most)
         return _("about {time} (at most {at_most})").format(time=format_eta(seconds),
                                                            at_most=at_most)
 

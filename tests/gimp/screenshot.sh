@@ -7,7 +7,8 @@
 # Writes OUTDIR/dialog-gimp-V.png, OUTDIR/run-window-gimp-V.png and the timings
 # the plug-in printed (OUTDIR/timings-gimp-V.txt). NST_SHOT_DETAIL (auto, working, full)
 # and NST_SHOT_MAX_SIZE (0: automatic) preset the dialog; NST_SHOT_RUN_WAIT is how
-# long after OK the run window is taken (45 s). NST_SHOT_MODE=WITH_LAST_VALS runs as
+# long after OK the run window is taken (45 s); NST_SHOT_SELECT="x,y,w,h" selects an
+# ellipse before the dialog opens. NST_SHOT_MODE=WITH_LAST_VALS runs as
 # Filters ▸ Repeat Last does (no dialog): only the run window is taken.
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
@@ -55,6 +56,8 @@ def call(mode, **settings):
 # A first, short run measures this computer's speed for the dialog's estimate.
 call(Gimp.RunMode.NONINTERACTIVE, iterations=40, **{"max-size": 256})
 open("$inside/calibrated", "w").close()
+if "${NST_SHOT_SELECT:-}":  # "x,y,w,h": an ellipse the dialog then names
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, *map(int, "${NST_SHOT_SELECT:-}".split(",")))
 call(Gimp.RunMode.${NST_SHOT_MODE:-INTERACTIVE}, detail="${NST_SHOT_DETAIL:-auto}",
      **{"max-size": ${NST_SHOT_MAX_SIZE:-0}})
 PY
