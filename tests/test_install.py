@@ -89,3 +89,28 @@ def test_the_cpu_builds_expected_fallback_reads_as_expected(tmp_path):
     assert "--index-url" not in torch_installs[1]
     record = tmp_path / "data" / "venv" / "nst-torch-source"  # read by --check
     assert record.read_text().split() == ["fallback", "https://download.pytorch.org/whl/cpu"]
+
+
+def test_the_installers_speed_test_gives_the_dialog_an_estimate_before_the_first_run(
+        tmp_path):
+    """The photographer's first run is the one an estimate matters most for: the
+    installer runs the engine once on generated pictures, measured by the plug-in's own
+    code, and a reinstall keeps what was measured (here or by runs since)."""
+    import json
+    import sys
+
+    profile = tmp_path / "profile"
+    env = {**os.environ, "HOME": str(tmp_path), "NST_DATA_DIR": str(tmp_path / "data")}
+    command = ["bash", str(INSTALL), "--python", sys.executable, "--venv",
+               str(tmp_path / "venv"), "--no-weights", "--gimp-profile", str(profile)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "speed measured" in done.stdout, done.stdout + done.stderr
+    path = profile / "plug-ins" / "neural-style-transfer" / "nst-calibration.json"
+    measured = json.loads(path.read_text())
+    assert measured["measured_by"] == "installer" and measured["device"] == "cpu"
+    assert measured["step_s_per_megapixel"] > 0 and measured["top_fractions"] == {}
+    assert len(measured["points"]) == 2  # the two working scales, 128 and 256 px
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "measuring" not in again.stdout
+    assert json.loads(path.read_text()) == measured  # kept, not measured again

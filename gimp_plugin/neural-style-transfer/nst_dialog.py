@@ -47,8 +47,10 @@ def show_dialog(procedure, config, drawables, plugin_name: str,
         except ClientError as refused:  # the engine would refuse this run
             estimate.set_text(refused.message)
             return
+        measured = calibration or {}
         lines = [format_area(width, height, layer.get_width(), layer.get_height()),
-                 format_estimate(seconds, calibration and calibration.get("device")),
+                 format_estimate(seconds, measured.get("device"),
+                                 measured.get("measured_by") == "installer"),
                  format_refinement(extra)]
         estimate.set_text("\n".join(line for line in lines if line))
 

@@ -340,3 +340,29 @@ def typical_remaining_s(eta_s: float, step: int, started: dict, fraction: float)
         expected += max(0, start + typical - max(step, start)) * pixels
         start += count
     return eta_s * expected / at_cap if at_cap else 0.0
+
+
+def calibrate_from_events(lines, path: str | os.PathLike) -> bool:
+    """The installer's speed test: the events of an engine run (``nst-engine stylize
+    --progress json``, one JSON line each, read as they come) measured as a run of
+    the plug-in would be, and stored as the calibration unless runs here have
+    measured one already. Its pictures are generated, so how soon the convergence rule
+    stops a run is not taken from it. True when a calibration was written."""
+    from nst_client import parse_event  # the events as the plug-in reads them
+
+    log = SpeedLog()
+    for line in lines:
+        event = parse_event(line.encode() if isinstance(line, str) else line)
+        if event is not None:
+            log.on_event(event)
+    measured = log.calibration()
+    if measured is None or load_calibration(path) is not None:
+        return False
+    measured["top_fractions"] = {}
+    measured["measured_by"] = "installer"
+    save_calibration(path, measured)
+    return True
+
+
+if __name__ == "__main__":  # install.sh: python nst_estimates.py CALIBRATION < events
+    sys.exit(0 if calibrate_from_events(sys.stdin, sys.argv[1]) else 1)

@@ -95,7 +95,10 @@ def format_eta(seconds: float) -> str:
     return _("{seconds} s").format(seconds=seconds)
 
 
-def format_estimate(seconds: float | None, device: str | None) -> str:
+def format_estimate(seconds: float | None, device: str | None,
+                    from_installer: bool = False) -> str:
+    """The dialog's estimate; ``from_installer``: only the installer's speed test has
+    measured this computer so far (generated pictures, so runs may end sooner)."""
     if seconds is None:
         return _("Time: measured on the first run, then estimated here before each run.")
     if seconds < 60:
@@ -104,6 +107,10 @@ def format_estimate(seconds: float | None, device: str | None) -> str:
         text = _("about {minutes} min").format(minutes=int(round(seconds / 60.0)))
     else:
         text = _("about {hours:.1f} h").format(hours=seconds / 3600)
+    if from_installer:
+        return _("Estimated time: {time} on the {device} (from the installer's speed "
+                 "test; your first run makes it exact)").format(time=text,
+                                                                device=device_name(device))
     return _("Estimated time: {time} on the {device}").format(time=text,
                                                              device=device_name(device))
 

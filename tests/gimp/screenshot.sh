@@ -35,8 +35,11 @@ weights_env=NST_WEIGHTS=random
 if [ -n "$weights" ]; then cp "$weights/vgg19-original.pth" "$work/data/"; weights_env=NST_WEIGHTS=original; fi
 run() { chroot "$root" env -i PATH=/usr/bin:/bin HOME="$inside" LANG=C.UTF-8 \
   NST_DATA_DIR="$inside/data" "$weights_env" NST_PLUGIN_TIMINGS=1 "$@"; }
+# NST_SHOT_FIRST=1: the dialog before any run, estimated by the installer's speed test.
+speed_test=--no-speed-test
+[ "${NST_SHOT_FIRST:-}" = 1 ] && speed_test=""
 run bash "$inside/src/install.sh" --python /usr/bin/python3 --venv "$inside/venv" \
-  --no-weights --gimp-profile "$inside/profile" >/dev/null
+  --no-weights ${speed_test} --gimp-profile "$inside/profile" >/dev/null
 cat > "$work/shots.py" <<PY
 from gi.repository import Gimp, Gio
 image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path("$inside/photo.${photo##*.}"))
@@ -54,7 +57,8 @@ def call(mode, **settings):
     return proc.run(cfg)
 
 # A first, short run measures this computer's speed for the dialog's estimate.
-call(Gimp.RunMode.NONINTERACTIVE, iterations=40, **{"max-size": 256})
+if "${NST_SHOT_FIRST:-}" != "1":
+    call(Gimp.RunMode.NONINTERACTIVE, iterations=40, **{"max-size": 256})
 open("$inside/calibrated", "w").close()
 if "${NST_SHOT_SELECT:-}":  # "x,y,w,h": an ellipse the dialog then names
     image.select_ellipse(Gimp.ChannelOps.REPLACE, *map(int, "${NST_SHOT_SELECT:-}".split(",")))
