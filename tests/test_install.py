@@ -95,7 +95,8 @@ def test_the_installers_speed_test_gives_the_dialog_an_estimate_before_the_first
         tmp_path):
     """The photographer's first run is the one an estimate matters most for: the
     installer runs the engine once on generated pictures, measured by the plug-in's own
-    code, and a reinstall keeps what was measured (here or by runs since)."""
+    code, and a reinstall keeps what was measured (here or by runs since). It also
+    records the devices the engine has, for the dialog's Device list."""
     import json
     import sys
 
@@ -111,6 +112,8 @@ def test_the_installers_speed_test_gives_the_dialog_an_estimate_before_the_first
     assert measured["measured_by"] == "installer" and measured["device"] == "cpu"
     assert measured["step_s_per_megapixel"] > 0 and measured["top_fractions"] == {}
     assert len(measured["points"]) == 2  # the two working scales, 128 and 256 px
+    config = json.loads((path.parent / "nst-engine.json").read_text())
+    assert config["devices"] == ["cpu"]  # what the engine's torch has: the Device list
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "measuring" not in again.stdout
     assert json.loads(path.read_text()) == measured  # kept, not measured again

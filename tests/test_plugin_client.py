@@ -414,6 +414,8 @@ def test_a_run_in_another_precision_starts_the_calibration_afresh(tmp_path):
      "ssh_options must be a list of strings"),
     ({"python": sys.executable, "remote": {"host": "me@gpu", "ssh_options": "notalist"}},
      "ssh_options must be a list of strings"),
+    ({"python": sys.executable, "devices": "cpu"}, "devices must list some of"),
+    ({"python": sys.executable, "devices": ["cpu", "tpu"]}, "devices must list some of"),
     ([sys.executable], "must hold a JSON object"),
 ])
 def test_a_malformed_config_entry_is_named_never_guessed(tmp_path, monkeypatch, config,
@@ -555,3 +557,19 @@ def test_the_dialog_says_when_the_selection_limits_the_area():
     assert nst_messages.format_area(800, 600, 800, 600) == ""
     assert nst_messages.format_area(300, 200, 800, 600) == (
         "Only the selection is painted: 300×200 px of the layer's 800×600.")
+
+
+def test_the_device_list_offers_the_devices_this_computer_has(tmp_path):
+    """A photographer was offered NVIDIA and Apple GPUs the computer did not have:
+    install.sh records the devices the engine's torch found, and the dialog greys out
+    the others; unknown (an older config, an engine elsewhere, a bad file) shows all."""
+    config = tmp_path / "nst-engine.json"
+    config.write_text(json.dumps({"python": sys.executable, "devices": ["cpu"]}))
+    assert nst_config.available_devices(tmp_path) == ["cpu"]
+    config.write_text(json.dumps({"python": sys.executable, "devices": ["cpu"],
+                                  "remote": {"host": "me@gpu-box"}}))
+    assert nst_config.available_devices(tmp_path) is None  # the far machine's are unknown
+    config.write_text(json.dumps({"python": sys.executable}))
+    assert nst_config.available_devices(tmp_path) is None
+    config.write_text("{broken")
+    assert nst_config.available_devices(tmp_path) is None

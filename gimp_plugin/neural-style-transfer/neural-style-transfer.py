@@ -184,7 +184,8 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             if run_mode == Gimp.RunMode.INTERACTIVE:
                 from nst_dialog import show_dialog
 
-                if not show_dialog(procedure, config, drawables, PROC_NAME, CALIBRATION):
+                if not show_dialog(procedure, config, drawables, PROC_NAME, CALIBRATION,
+                                   nst_config.available_devices(PLUGIN_DIR)):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL,
                                                        GLib.Error())
             Gegl.init(None)

@@ -44,6 +44,22 @@ def engine_command(plugin_dir: str | os.PathLike) -> tuple[list[str], str | None
         )
     return [*launcher, python, "-m", "nst_engine", "connect"], None
 
+DEVICES = ("cuda", "mps", "cpu")  # as the engine names them
+
+
+def available_devices(plugin_dir: str | os.PathLike) -> list[str] | None:
+    """The devices this computer's engine has (``devices``, which install.sh found in
+    the engine's torch), or None where unknown: an engine on another machine, a
+    config from before, or one that cannot be read (the run will say why)."""
+    try:
+        config = read_config(Path(plugin_dir) / CONFIG_NAME, need_python=False)
+    except ClientError:
+        return None
+    if config.get("remote") is not None:
+        return None
+    return config.get("devices")
+
+
 def read_config(path: Path, need_python: bool = True) -> dict:
     """``nst-engine.json``, checked entry by entry. A malformed entry is a message that
     names it, never a guess: a string where a list belongs is not split into
@@ -70,6 +86,10 @@ def read_config(path: Path, need_python: bool = True) -> dict:
                  "engine's Python, as a string")
     if "launcher" in config:
         _require(_is_words(config["launcher"]), f"{name}: launcher must be a list of strings")
+    if "devices" in config:
+        _require(isinstance(config["devices"], list) and config["devices"]
+                 and all(device in DEVICES for device in config["devices"]),
+                 f"{name}: devices must list some of {', '.join(DEVICES)}")
     remote = config.get("remote")
     if remote is not None:
         _require(isinstance(remote, dict), f'{name}: remote must be an object such as '

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import gi
 
+gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
 import nst_estimates  # noqa: E402
-from gi.repository import GimpUi, Gtk  # noqa: E402
+from gi.repository import Gimp, GimpUi, Gtk  # noqa: E402
 from nst_arguments import settings_from_config  # noqa: E402
+from nst_config import DEVICES  # noqa: E402
 from nst_messages import (  # noqa: E402
     ClientError,
     _,
@@ -21,9 +23,18 @@ from nst_messages import (  # noqa: E402
 
 
 def show_dialog(procedure, config, drawables, plugin_name: str,
-                calibration_path: str) -> bool:
-    """True when the photographer pressed OK."""
+                calibration_path: str, devices: list[str] | None = None) -> bool:
+    """True when the photographer pressed OK. ``devices``: those this computer has
+    (``nst_config.available_devices``); the others are greyed out in the Device list,
+    as GIMP's own export dialogs grey out what does not apply."""
     GimpUi.init(plugin_name)
+    if devices:
+        try:
+            choice = Gimp.param_spec_choice_get_choice(config.find_property("device"))
+            for nick in DEVICES:
+                choice.set_sensitive(nick, nick in devices)
+        except (AttributeError, TypeError):  # a GIMP without choice sensitivity: all shown
+            pass
     dialog = GimpUi.ProcedureDialog.new(procedure, config, _("Neural Style Transfer"))
     dialog.fill(None)
     estimate = Gtk.Label(xalign=0)

@@ -8,7 +8,8 @@
 # the plug-in printed (OUTDIR/timings-gimp-V.txt). NST_SHOT_DETAIL (auto, working, full)
 # and NST_SHOT_MAX_SIZE (0: automatic) preset the dialog; NST_SHOT_RUN_WAIT is how
 # long after OK the run window is taken (45 s); NST_SHOT_SELECT="x,y,w,h" selects an
-# ellipse before the dialog opens. NST_SHOT_MODE=WITH_LAST_VALS runs as
+# ellipse before the dialog opens; NST_SHOT_DEVICES_AT="x y" opens the Device list there
+# and takes it (devices-gimp-V.png). NST_SHOT_MODE=WITH_LAST_VALS runs as
 # Filters ▸ Repeat Last does (no dialog): only the run window is taken.
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
@@ -81,6 +82,14 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
   import -display "$display" -window root "$out/dialog-gimp-$version.png"
   # No window manager under Xvfb: focus the dialog by hand, then press its default button.
   DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
+  if [ -n "${NST_SHOT_DEVICES_AT:-}" ]; then  # "x y": where the Device list is; opened
+    DISPLAY=$display xdotool mousemove ${NST_SHOT_DEVICES_AT} click 1
+    sleep 2
+    import -display "$display" -window root "$out/devices-gimp-$version.png"
+    DISPLAY=$display xdotool key Escape
+    sleep 1
+    DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
+  fi
   DISPLAY=$display xdotool key --clearmodifiers Return
 fi
 sleep "${NST_SHOT_RUN_WAIT:-45}"
