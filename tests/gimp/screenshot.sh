@@ -86,7 +86,7 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
     DISPLAY=$display xdotool mousemove ${NST_SHOT_DEVICES_AT} click 1
     sleep 2
     import -display "$display" -window root "$out/devices-gimp-$version.png"
-    DISPLAY=$display xdotool key Escape
+    DISPLAY=$display xdotool click 1  # the current entry lies over the list: it closes
     sleep 1
     DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
   fi
