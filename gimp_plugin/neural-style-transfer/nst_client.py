@@ -115,8 +115,7 @@ class EngineRun:
         self.garbage = ""  # the last line that was not an event
         self._frames = Frames("event", self._payload_limit, _make_room, self._skip_garbage)
         self._unholdable = False  # an announced payload too large to hold: output ends
-        # The result is the layer sent, a preview smaller: nothing larger is made room for.
-        self.most_payload = 0
+        self.most_payload = 0  # the largest payload taken (``_payload_limit``)
         self._writing = threading.RLock()  # a signal handler may send while held
         self._heard = self._looked = time.monotonic()  # the engine's last byte; our last look
         try:
