@@ -138,12 +138,16 @@ install_plugin() {  # profile-dir, launcher-json
   cp "$SRC/gimp_plugin/$PLUGIN/"*.py "$staging/"
   mkdir "$staging/nst_contract"  # the rules the plug-in shares with the engine
   cp "$SRC/nst_contract/"*.py "$staging/nst_contract/"
+  cp -r "$SRC/gimp_plugin/$PLUGIN/help" "$staging/"  # the dialog's Help button opens it
   chmod 755 "$staging" "$staging/$PLUGIN.py" "$staging/nst_contract"
   chmod 644 "$staging/"nst_*.py "$staging/nst_contract/"*.py
+  chmod -R u=rwX,go=rX "$staging/help"
   local old=""
   [ -f "$plugins/$PLUGIN/nst-engine.json" ] && old=$(cat "$plugins/$PLUGIN/nst-engine.json")
-  # What runs here measured stays: the estimates need not start over.
+  # What runs here measured stays: the estimates need not start over; and so do the
+  # paintings used last.
   [ -f "$plugins/$PLUGIN/$CALIBRATION" ] && cp -p "$plugins/$PLUGIN/$CALIBRATION" "$staging/"
+  [ -f "$plugins/$PLUGIN/nst-recent.json" ] && cp -p "$plugins/$PLUGIN/nst-recent.json" "$staging/"
   rm -rf "${plugins:?}/$PLUGIN"
   mv "$staging" "$plugins/$PLUGIN"
   write_config "$1" "$2" "$old"

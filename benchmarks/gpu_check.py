@@ -152,7 +152,7 @@ def service(args, style: torch.Tensor) -> dict:
 
         run = nst_client.EngineRun([sys.executable, "-m", "nst_engine", command], on_event)
         begin = time.monotonic()
-        run.send_request(settings, raw, layer.shape, str(painting), 2.0)
+        run.send_request(settings, raw, layer.shape, nst_client.Style.from_file(painting), 2.0)
         run.read_to_end()
         if command == "connect":
             pid = started["engine_pid"]

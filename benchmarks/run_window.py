@@ -43,7 +43,8 @@ def run(photo: np.ndarray, style: Path, settings: dict, interval: float) -> tupl
         events.append(event)
 
     engine_run = nst_client.EngineRun(COMMAND, on_event)
-    engine_run.send_request(settings, photo.tobytes(), photo.shape, str(style), interval)
+    engine_run.send_request(settings, photo.tobytes(), photo.shape,
+                            nst_client.Style.from_file(style), interval)
     engine_run.read_to_end()
     return speed, events
 

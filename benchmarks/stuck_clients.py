@@ -44,7 +44,8 @@ def timed_run(layer: np.ndarray, size: int) -> tuple[float, bool]:
                                                                    time.perf_counter()))
     began = time.perf_counter()
     run.send_request({"iterations": 3, "max_size": size, "device": "cpu", "seed": 0},
-                     layer.tobytes(), layer.shape, str(SHARED / "mosaic.jpg"))
+                     layer.tobytes(), layer.shape,
+                     nst_client.Style.from_file(SHARED / "mosaic.jpg"))
     run.read_to_end()
     return marks["progress"] - began, "queued" in marks
 

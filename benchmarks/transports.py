@@ -49,7 +49,7 @@ def one_run(command, layer: np.ndarray, style: Path, iterations: int) -> dict:
     run = nst_client.EngineRun(command, on_event)
     raw = layer.tobytes()
     start = time.monotonic()
-    run.send_request(settings, raw, layer.shape, str(style), 2.0)
+    run.send_request(settings, raw, layer.shape, nst_client.Style.from_file(style), 2.0)
     run.read_to_end()
     return {"first_step_s": marks["progress"], "total_s": time.monotonic() - start,
             "sent_bytes": len(raw) + style.stat().st_size, "received_bytes": received[0]}

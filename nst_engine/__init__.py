@@ -6,7 +6,7 @@ its signal handling before torch is imported.
 
 from importlib import import_module
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 _PUBLIC = {
     "EngineError": "nst_contract.errors", "Settings": "nst_contract.knobs",
     "Picture": "nst_engine.pictures", "load_picture": "nst_engine.images",

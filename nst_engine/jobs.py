@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nst_contract.knobs import Settings
 
+from . import __version__
 from .cache import EngineCache
 from .control import Control
 from .loop import Iterate
@@ -53,7 +54,7 @@ def run_job(job: Job, emit: Emit, control: Control, cache: EngineCache | None = 
     width, height = job.content.size
     scales = engine.plan(width, height)
     emit({
-        "event": "started", "device": engine.device.type,
+        "event": "started", "engine_version": __version__, "device": engine.device.type,
         "precision": engine.network.precision.name, "weights": engine.network.family,
         "width": width, "height": height, "total": sum(s.ticks for s in scales),
         "max_size": engine.max_size,

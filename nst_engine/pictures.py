@@ -81,7 +81,7 @@ def check_size(picture: Picture, what: str) -> Picture:
     return picture
 
 
-def picture_from_array(data: np.ndarray, owned: bool = False) -> Picture:
+def picture_from_array(data: np.ndarray, owned: bool = False, what: str = "layer") -> Picture:
     """The protocol's input: float32 ``H×W×C`` (C = 1 Y, 2 YA, 3 RGB, 4 RGBA) in [0, 1].
 
     ``owned``: ``data`` is the engine's own (a writable buffer it received): an RGB(A)
@@ -92,14 +92,14 @@ def picture_from_array(data: np.ndarray, owned: bool = False) -> Picture:
     if data.dtype != np.float32 or data.ndim != 3:
         raise bad_input(f"expected a float32 H×W×C array, got {data.dtype} {data.shape}")
     if not (owned and data.shape[2] in (3, 4) and data.flags.writeable):
-        return check_size(from_channels(data, 1.0, 32), "layer")
+        return check_size(from_channels(data, 1.0, 32), what)
     pixels = as_tensor(data)  # torch: multithreaded, 7× numpy's speed at these passes
     # A float32 sum is NaN or infinite when a value is; when it overflowed, numpy says.
     if not math.isfinite(pixels.sum()) and not np.isfinite(data).all():
         raise bad_input("the image contains NaN or infinite pixel values")
     pixels[..., :3].clamp_(0.0, 1.0)
     alpha = data[..., 3] if data.shape[2] == 4 else None
-    return check_size(Picture(data[..., :3], alpha, False, 32), "layer")
+    return check_size(Picture(data[..., :3], alpha, False, 32), what)
 
 
 def picture_to_array(picture: Picture) -> np.ndarray:

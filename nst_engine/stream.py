@@ -3,9 +3,9 @@ socket, or SSH.
 
 Framed as ``wire.py`` says (``docs/protocol.md``). The client
 sends a ``run`` message with the layer as float32 (``content``), one ``style``
-message per style image (the file's bytes), then at any time ``finish`` or
-``cancel``; closing its side cancels. The engine answers with the events of
-``jobs.py``: ``preview`` carries a PNG, ``result`` the float32 array.
+message per style image (the file's bytes, or a layer's float32 ``pixels``), then
+at any time ``finish`` or ``cancel``; closing its side cancels. The engine answers
+with the events of ``jobs.py``: ``preview`` carries a PNG, ``result`` the float32 array.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def read_job(channel: Channel, folder: Path) -> Job:
     styles = []
     for index in range(_count(message.get("styles"))):
         style, data = channel.read(limit=_style_limit)
+        if "pixels" in style:  # a layer of an image open in GIMP, sent as the content is
+            styles.append(_array(style["pixels"], data, "style layer"))
+            continue
         if not len(data):  # bytes, or an array when large
             raise bad_input("expected a style message with the image file's bytes")
         path = folder / f"{index}-{style_label(style.get('name'))}"
@@ -115,6 +118,8 @@ def _no_room(folder: Path, exc: OSError) -> EngineError:
 def _style_limit(message: dict) -> int:
     if message["type"] != "style":
         raise bad_input(f"expected a style message, got {message['type']!r}")
+    if "pixels" in message:
+        return layer_bytes(message["pixels"])
     if message.get("bytes", 0) > MAX_STYLE_BYTES:
         raise bad_input(f"the style image is larger than the {MAX_STYLE_BYTES >> 20} MB "
                         "taken; use a smaller file")
@@ -139,13 +144,13 @@ def _count(value) -> int:
     return value
 
 
-def _array(header, payload: bytes) -> Picture:
+def _array(header, payload: bytes, what: str = "layer") -> Picture:
     if len(payload) != layer_bytes(header):
-        raise bad_input("the content's bytes do not match its shape")
+        raise bad_input(f"the {what}'s bytes do not match its shape")
     shape = header["shape"]
     # A view of the received bytes (a copy only on a big-endian machine).
     data = np.frombuffer(payload, "<f4").reshape(shape).astype(np.float32, copy=False)
-    return picture_from_array(data, owned=True)
+    return picture_from_array(data, owned=True, what=what)
 
 
 def _deliver_array(picture: Picture) -> dict:

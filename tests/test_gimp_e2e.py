@@ -27,7 +27,7 @@ pytestmark = pytest.mark.gimp
 
 SCENARIOS = ["registration", "basic", "deep", "float", "gray", "selection", "missing_style",
              "bad_style", "group", "two_layers", "killed", "kept_early", "refined",
-             "linear_wide_gamut", "series"]
+             "linear_wide_gamut", "series", "style_from_layer", "recipe"]
 SCENARIO_FUNCS = {"float": "deep_float_levels", "group": "in_group"}
 
 
@@ -59,8 +59,10 @@ def results(request):
                                  re.MULTILINE):
             parsed[match.group(1)] = json.loads(match.group(2))
         leftovers = [p.name for p in (gimp.host_path("/tmp")).glob("nst-gimp-*")]
+        pluginrc = gimp.profile / "pluginrc"  # what GIMP recorded of the plug-ins it queried
         yield {"runs": parsed, "log": done.stdout + remote["log"], "rc": done.returncode,
-               "version": request.param, "leftovers": leftovers,
+               "version": request.param, "leftovers": leftovers, "gimp": gimp,
+               "pluginrc": pluginrc.read_text(errors="replace") if pluginrc.exists() else "",
                "watched": {**watcher.seen, **remote["watched"]}}
     finally:
         gimp.teardown()
@@ -226,8 +228,22 @@ def test_procedure_is_registered_in_the_filters_menu(results):
     assert run["menu_paths"] == ["<Image>/Filters/Artistic"]
     assert run["label"] == "_Neural Style Transfer..."
     assert run["image_types"] == "RGB*, GRAY*"
-    assert run["arguments"][-8:] == ["style-file", "style-strength", "iterations", "max-size",
-                                     "preserve-colors", "seed", "detail", "device"]
+    # style-layer came last, so scripts that pass the others by position keep working
+    assert run["arguments"][-9:] == ["style-file", "style-strength", "iterations", "max-size",
+                                     "preserve-colors", "seed", "detail", "device",
+                                     "style-layer"]
+
+
+def test_help_opens_the_plugins_own_page(results):
+    """The dialog's Help button asks GIMP for the procedure's help id in the plug-in's
+    help domain; GIMP's help system reads the domain's gimp-help.xml for the page
+    (seen opening in GIMP 3.2.6 under Xvfb, README)."""
+    found = re.search(r'\(help-def "nst-gimp" "file://([^"]+)"\)', results["pluginrc"])
+    assert found, f"no help domain registered:\n{results['pluginrc'][-2000:]}"
+    folder = results["gimp"].host_path(found.group(1))
+    mapping = (folder / "en" / "gimp-help.xml").read_text()
+    page = re.search(r'id="python-fu-neural-style-transfer" ref="([^"]+)"', mapping).group(1)
+    assert "Neural Style Transfer" in (folder / "en" / page).read_text()
 
 
 def test_the_arguments_are_the_engines_knobs(results):
@@ -239,7 +255,7 @@ def test_the_arguments_are_the_engines_knobs(results):
 
     declared = get(results, "registration")["defaults"]
     names = [nst_arguments.argument_name(knob) for knob in nst_arguments.ARGUMENT_KNOBS]
-    assert get(results, "registration")["arguments"][-len(names):] == names
+    assert get(results, "registration")["arguments"][-len(names) - 1:-1] == names
     for knob, name in zip(nst_arguments.ARGUMENT_KNOBS, names):
         spec, meta = declared[name], KNOBS[knob]
         assert spec["default"] == nst_arguments.argument_default(knob), name
@@ -271,10 +287,41 @@ def test_a_series_of_results_stacks_newest_on_top_and_leaves_the_photo_active(re
                             "style-painting (strength 0.3)", "photo"]
     assert run["selected"] == [["photo"], ["photo"]]
     recipe = run["recipe"]
-    assert recipe["format"] == 1 and recipe["source"] == run["photo_tattoo"]
-    assert recipe["style"] == "style-painting.png" and run["persistent"]
+    assert recipe["format"] == 2 and recipe["source"] == run["photo_tattoo"]
+    assert recipe["style"]["name"] == "style-painting.png" and run["persistent"]
     assert recipe["settings"]["style_strength"] == 0.8
     assert recipe["settings"]["preserve_colors"] is True
+
+
+def test_a_results_recipe_survives_the_xcf_and_paints_its_photo_again(results):
+    """docs/recipe.md: every field on the result; after an .xcf save and load, a run
+    from it takes its painting and settings and paints the photo, not the result."""
+    import nst_recipe
+
+    run = get(results, "recipe")
+    assert run["outcomes"] == ["success", "success"], run
+    saved = run["saved"]
+    assert saved["format"] == nst_recipe.FORMAT and saved["source_name"] == "photo"
+    style = saved["style"]
+    assert style["name"] == "style-painting.png" and len(style["sha256"]) == 64
+    assert style["file"].endswith("/style-painting.png")
+    assert run["thumbnail_png"] == "89504e470d0a1a0a"  # a PNG
+    assert saved["settings"]["seed"] == 7 and saved["settings"]["style_strength"] == 0.3
+    assert saved["engine"]["version"] and saved["engine"]["device"] == "cpu"
+    assert saved["engine"]["weights"] == "random"
+    assert run["targets"] == ["photo"] and run["style_file"] == style["file"]
+    assert run["taken"] == {"style-strength": 0.3, "seed": 7, "max-size": 64, "iterations": 3}
+    assert "OK paints “photo”" in run["note"] and "not found" not in run["note"]
+    assert run["stack"] == ["style-painting (strength 0.5)", "style-painting (strength 0.3)",
+                            "photo"]
+
+
+def test_the_painting_can_be_a_layer_of_another_open_image(results):
+    run = get(results, "style_from_layer")
+    assert run["outcomes"] == [["success", ""], ["success", ""]]
+    assert run["largest_difference"] < 1e-5  # the file's pixels and the layer's: the same
+    assert run["stack"] == ["open painting (strength 0.5)", "photo"]
+    assert run["painting_layers"] == 1  # the painting's image is left as it was
 
 
 def test_refinement_at_full_size_keeps_offsets_alpha_and_16_bits(results):

@@ -3,6 +3,7 @@ stream protocol, error paths, estimates."""
 
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_run_engine_reports_progress_and_result(painting):
     seen = []
     result = nst_client.run_engine(
         LOCAL, settings(**{"style-strength": 0.5, "iterations": 3, "max-size": 64}), raw,
-        shape, str(painting), seen.append)
+        shape, nst_client.Style.from_file(painting), seen.append)
     steps = [e["progress"].step for e in seen if e["event"] == "progress"]
     told = [e["event"] for e in seen if e["event"] != "alive"]  # alive: any time
     assert steps == [1, 2, 3] and told[0] in ("started", "queued")
@@ -104,12 +105,32 @@ def test_run_engine_reports_progress_and_result(painting):
     assert np.array_equal(back[..., 3], data[..., 3])  # alpha bit for bit
 
 
+def test_a_painting_sent_as_a_layers_pixels_paints_as_its_file_does(painting):
+    """A painting open in GIMP goes as float32 pixels (nothing written to disk): the
+    same result as its file, and the engine names a bad one a style layer."""
+    from PIL import Image
+
+    _, raw, shape = layer()
+    pixels = np.asarray(Image.open(painting).convert("RGB"), np.float32) / 255
+    chosen = settings(iterations=3, **{"max-size": 48})
+    from_file = nst_client.run_engine(LOCAL, chosen, raw, shape,
+                                      nst_client.Style.from_file(painting))
+    from_layer = nst_client.run_engine(
+        LOCAL, chosen, raw, shape, nst_client.Style("painting", pixels.tobytes(), pixels.shape))
+    assert from_layer["payload"] == from_file["payload"]
+    thin = pixels[:8]
+    with pytest.raises(nst_messages.ClientError) as info:
+        nst_client.run_engine(LOCAL, chosen, raw, shape,
+                              nst_client.Style("painting", thin.tobytes(), thin.shape))
+    assert info.value.kind == "bad_input" and "style layer is 64×8" in info.value.message
+
+
 def test_run_engine_turns_engine_errors_into_messages(tmp_path):
     _, raw, shape = layer()
     (tmp_path / "broken.jpg").write_bytes(b"not really a jpeg")
     with pytest.raises(nst_messages.ClientError) as info:
         nst_client.run_engine(LOCAL, settings(iterations=3), raw, shape,
-                              str(tmp_path / "broken.jpg"))
+                              nst_client.Style.from_file(tmp_path / "broken.jpg"))
     assert info.value.kind == "bad_input" and "broken.jpg" in info.value.message
     assert "style image and the options" in nst_messages.user_message(info.value)
 
@@ -122,7 +143,7 @@ def test_an_engine_started_for_a_request_never_sent_is_ended(painting):
     assert run.process.poll() is not None and not os.path.exists(run.folder)
     _, raw, shape = layer()
     result = nst_client.run_engine(LOCAL, settings(iterations=2, **{"max-size": 48}), raw,
-                                   shape, str(painting))
+                                   shape, nst_client.Style.from_file(painting))
     assert result["steps"] == 2
 
 
@@ -130,7 +151,7 @@ def test_engine_crash_without_event(tmp_path):
     crash = [sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(9)"]
     _, raw, shape = layer()
     with pytest.raises(nst_messages.ClientError, match="boom"):
-        nst_client.run_engine(crash, settings(), raw, shape, __file__)
+        nst_client.run_engine(crash, settings(), raw, shape, nst_client.Style.from_file(__file__))
 
 
 def test_eta_formatting():
@@ -157,7 +178,7 @@ def test_malformed_engine_output_is_a_clear_message(tmp_path, monkeypatch, outpu
     command = fake_engine(f"sys.stdout.write({output!r})")
     _, raw, shape = layer()
     with pytest.raises(nst_messages.ClientError) as info:
-        nst_client.run_engine(command, settings(), raw, shape, __file__)
+        nst_client.run_engine(command, settings(), raw, shape, nst_client.Style.from_file(__file__))
     assert info.value.kind == "internal"
     assert "stopped unexpectedly" in info.value.message
 
@@ -179,7 +200,7 @@ def test_a_payload_larger_than_the_layer_ends_the_run_before_room_is_made(
                         or bytearray(*size), raising=False)
     with pytest.raises(nst_messages.ClientError, match="more than the .* of the layer sent") \
             as info:
-        nst_client.run_engine(command, settings(), raw, shape, __file__)
+        nst_client.run_engine(command, settings(), raw, shape, nst_client.Style.from_file(__file__))
     assert info.value.kind == "internal" and (announced,) not in allocations
 
 
@@ -196,7 +217,8 @@ def test_internal_error_keeps_the_engine_log_in_the_cache(tmp_path, monkeypatch)
     _, raw, shape = layer()
     for _ in range(7):
         with pytest.raises(nst_messages.ClientError) as info:
-            nst_client.run_engine(fake_engine(script), settings(), raw, shape, __file__)
+            nst_client.run_engine(fake_engine(script), settings(), raw, shape,
+                                  nst_client.Style.from_file(__file__))
     logs = sorted((tmp_path / "cache" / "nst-gimp" / "logs").glob("engine-*.log"))
     assert len(logs) == 5  # rotated: the newest five
     assert str(logs[-1]) in info.value.message and "boom" in info.value.message
@@ -544,7 +566,7 @@ def test_an_engine_error_that_says_what_to_do_gets_no_generic_hint(tmp_path, mon
     command = fake_engine(f"print({json.dumps(json.dumps(error))}); sys.exit(2)")
     _, raw, shape = layer()
     with pytest.raises(nst_messages.ClientError) as info:
-        nst_client.run_engine(command, settings(), raw, shape, __file__)
+        nst_client.run_engine(command, settings(), raw, shape, nst_client.Style.from_file(__file__))
     shown = nst_messages.user_message(info.value)
     assert "“Device: Processor (CPU)”" in shown and "--device" not in shown
     assert nst_messages._(nst_messages.HINTS["bad_input"]) not in shown
@@ -573,3 +595,97 @@ def test_the_device_list_offers_the_devices_this_computer_has(tmp_path):
     assert nst_config.available_devices(tmp_path) is None
     config.write_text("{broken")
     assert nst_config.available_devices(tmp_path) is None
+
+
+PLUGIN_DIR = Path(nst_arguments.__file__).resolve().parent
+
+
+def test_the_style_chooser_offers_the_files_the_engine_reads(tmp_path):
+    from PIL import Image
+
+    from nst_engine.images import load_picture
+
+    painting = Image.effect_mandelbrot((40, 30), (-2, -1.2, 1, 1.2), 30).convert("RGB")
+    for suffix in nst_arguments.STYLE_IMAGE_SUFFIXES:
+        path = tmp_path / f"painting{suffix}"
+        painting.save(path)
+        assert load_picture(path).size == (40, 30), suffix
+
+
+def test_help_opens_the_plugins_own_page_which_explains_every_field():
+    """GIMP's help system reads help/en/gimp-help.xml of the plug-in's help domain
+    (registered in do_query_procedures; the GIMP tests check the registration)."""
+    import xml.etree.ElementTree as ET
+    from html.parser import HTMLParser
+
+    source = (PLUGIN_DIR / "neural-style-transfer.py").read_text()
+    procedure = re.search(r'^PROC_NAME = "([^"]+)"', source, re.MULTILINE).group(1)
+    mapping = ET.parse(PLUGIN_DIR / "help" / "en" / "gimp-help.xml").getroot()
+    pages = {item.get("id"): item.get("ref") for item in mapping.iter("help-item")}
+    page = PLUGIN_DIR / "help" / "en" / pages[procedure]
+
+    class Text(HTMLParser):
+        words = ""
+
+        def handle_data(self, data):
+            self.words += data
+
+    reader = Text()
+    reader.feed(page.read_text())
+    text = " ".join(reader.words.split())
+    labels = ["Style image", *(argument.label.replace("_", "")
+                               for argument in nst_arguments.arguments())]
+    for argument in nst_arguments.arguments():
+        labels += [label.split(" (")[0] for _nick, label in argument.choices]
+    missing = [label for label in labels if label not in text]
+    assert not missing, f"the help page does not explain {missing}"
+
+
+def test_a_recipe_reads_back_what_was_written_and_refuses_what_is_not_one():
+    import nst_recipe
+
+    painting = nst_recipe.Painting("mosaic.jpg", "ab" * 32, "/photos/mosaic.jpg",
+                                   thumbnail_png=b"\x89PNG fake")
+    data = nst_recipe.encode(12, "photo", painting, settings(), {
+        "event": "started", "engine_version": "0.3.0", "device": "cpu",
+        "precision": "bf16", "weights": "original", "width": 40})
+    recipe = nst_recipe.decode(data)
+    assert recipe.source == 12 and recipe.source_name == "photo"
+    assert recipe.painting == painting and recipe.settings == settings()
+    assert recipe.arguments() == ARGUMENTS  # the dialog opens with exactly these
+    written = json.loads(data)
+    assert written["engine"] == {"version": "0.3.0", "device": "cpu", "precision": "bf16",
+                                 "weights": "original"}
+    # Format 1 (before 0.3) still reads; a later format's extra fields are ignored.
+    old = nst_recipe.decode(json.dumps({"format": 1, "source": 3, "style": "a.png",
+                                        "settings": settings()}).encode())
+    assert old.painting.name == "a.png" and old.painting.file is None and old.source == 3
+    newer = json.loads(data)
+    newer.update(format=3, layout={"anything": True})
+    assert nst_recipe.decode(json.dumps(newer).encode()).settings == settings()
+    for damaged in (b"", b"\xff", b"[]", b'{"format": 2}', json.dumps(
+            {**written, "settings": {**settings(), "style_strength": 7}}).encode()):
+        assert nst_recipe.decode(damaged) is None, damaged
+
+
+def test_recent_paintings_are_the_last_eight_used_newest_first(tmp_path):
+    import nst_recent
+
+    kept = tmp_path / "nst-recent.json"
+    assert nst_recent.recent_paintings(kept) == []
+    paintings = []
+    for index in range(10):
+        paintings.append(tmp_path / f"painting-{index}.jpg")
+        paintings[-1].write_bytes(b"jpeg")
+        nst_recent.remember_painting(kept, paintings[-1])
+    nst_recent.remember_painting(kept, paintings[5])  # used again: first, once
+    expected = [str(p) for p in [paintings[5], paintings[9], paintings[8], paintings[7],
+                                 paintings[6], paintings[4], paintings[3], paintings[2]]]
+    assert nst_recent.recent_paintings(kept) == expected
+    paintings[9].unlink()  # moved away: no longer offered
+    assert str(paintings[9]) not in nst_recent.recent_paintings(kept)
+    assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+    kept.write_text("{damaged")
+    assert nst_recent.recent_paintings(kept) == []
+    nst_recent.remember_painting(kept, paintings[1])
+    assert nst_recent.recent_paintings(kept) == [str(paintings[1])]

@@ -52,10 +52,10 @@ def test_a_run_over_ssh_gives_the_local_result(server, painting):
     assert command[0] == "ssh" and host == ssh.host
     data, raw, shape = layer()
     events = []
-    remote = nst_client.run_engine(command, SETTINGS, raw, shape, str(painting),
-                                   events.append, host)
+    style = nst_client.Style.from_file(painting)
+    remote = nst_client.run_engine(command, SETTINGS, raw, shape, style, events.append, host)
     local = nst_client.run_engine([sys.executable, "-m", "nst_engine", "connect"], SETTINGS,
-                                  raw, shape, str(painting))
+                                  raw, shape, style)
     assert remote["payload"] == local["payload"]  # float32 both ways: nothing lost
     assert [e["event"] for e in events][-1] == "result"
     assert any(e["event"] == "progress" for e in events)
@@ -72,7 +72,8 @@ def test_keep_this_result_over_ssh(server, painting):
             run.send("finish")
 
     run = nst_client.EngineRun(command, on_event, host)
-    run.send_request({**SETTINGS, "iterations": 2000}, raw, shape, str(painting))
+    run.send_request({**SETTINGS, "iterations": 2000}, raw, shape,
+                     nst_client.Style.from_file(painting))
     result = run.read_to_end()
     assert result["stopped"] == "finished" and result["steps"] < 2000
 
@@ -95,7 +96,8 @@ def test_dropped_connection_cancels_the_remote_run(server, painting):
             ssh.drop_connections()  # the network goes: the server side ends abruptly
 
     run = nst_client.EngineRun(command, on_event, host)
-    run.send_request({**SETTINGS, "iterations": 3000}, raw, shape, str(painting))
+    run.send_request({**SETTINGS, "iterations": 3000}, raw, shape,
+                     nst_client.Style.from_file(painting))
     while run.read_available():
         pass
     dropped = time.monotonic()
@@ -128,7 +130,8 @@ def test_unreachable_host_is_a_clear_message(tmp_path, monkeypatch, painting):
     command, host = nst_config.engine_command(plugin)
     _, raw, shape = layer()
     with pytest.raises(nst_messages.ClientError) as info:
-        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, host)
+        nst_client.run_engine(command, SETTINGS, raw, shape,
+                              nst_client.Style.from_file(painting), None, host)
     assert info.value.kind == "connection" and "127.0.0.1" in info.value.message
     assert "ssh" in nst_messages.user_message(info.value).lower()
 
@@ -141,7 +144,8 @@ def test_an_engine_not_installed_on_the_host_says_so(server, painting):
     command, host = nst_config.engine_command(plugin)
     _, raw, shape = layer()
     with pytest.raises(nst_messages.ClientError) as info:
-        nst_client.run_engine(command, SETTINGS, raw, shape, str(painting), None, host)
+        nst_client.run_engine(command, SETTINGS, raw, shape,
+                              nst_client.Style.from_file(painting), None, host)
     assert info.value.kind == "not_installed"
     assert f"not installed on {ssh.host}" in info.value.message
     assert "install.sh" in info.value.message

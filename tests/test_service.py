@@ -36,7 +36,8 @@ def run(painting, iterations=4, on_event=None):
             on_event(event)
 
     result = nst_client.run_engine(CONNECT, {**SETTINGS, "iterations": iterations},
-                                   data.tobytes(), data.shape, str(painting), record)
+                                   data.tobytes(), data.shape,
+                                   nst_client.Style.from_file(painting), record)
     return result, events
 
 
@@ -97,7 +98,7 @@ def test_queued_clients_are_told_their_place_as_the_queue_moves(painting):
 
         try:
             result = nst_client.run_engine(CONNECT, {**SETTINGS, **settings}, data.tobytes(),
-                                           data.shape, str(painting), record)
+                                           data.shape, nst_client.Style.from_file(painting), record)
             results[name] = result, events
         except Exception as exc:  # reported below
             errors.append(exc)
@@ -266,7 +267,7 @@ def test_large_layers_and_styles_arrive_whole_and_paint_as_one_shot(tmp_path):
     layer = rng.uniform(-0.2, 1.2, (300, 400, 4)).astype(np.float32)  # 1.9 MB, clipped
     settings = {**SETTINGS, "iterations": 2, "max_size": 48}
     results = [nst_client.run_engine(command, settings, layer.tobytes(), layer.shape,
-                                     str(style))
+                                     nst_client.Style.from_file(style))
                for command in (CONNECT, [sys.executable, "-m", "nst_engine", "stream"])]
     warm, one_shot = (np.frombuffer(r["payload"], np.float32).reshape(layer.shape)
                       for r in results)

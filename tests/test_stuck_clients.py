@@ -233,7 +233,8 @@ def test_a_plugin_stopped_and_resumed_is_told_what_happened(painting, tmp_path):
         settings = {({**SETTINGS, "iterations": 5000, "converge": False})!r}
         try:
             nst_client.run_engine({CONNECT!r}, settings, data.tobytes(), data.shape,
-                                  {str(painting)!r}, lambda e: print(e["event"], flush=True))
+                                  nst_client.Style.from_file({str(painting)!r}),
+                                  lambda e: print(e["event"], flush=True))
             print("RESULT", flush=True)
         except nst_messages.ClientError as error:
             print("ERROR", error.kind, error.message, flush=True)

@@ -29,7 +29,7 @@ import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, PLUGIN_DIR)
@@ -38,25 +38,39 @@ import nst_client  # noqa: E402
 import nst_config  # noqa: E402
 import nst_estimates  # noqa: E402
 import nst_layers  # noqa: E402
+import nst_recent  # noqa: E402
 from nst_client import Cancelled  # noqa: E402
 from nst_layers import Failure  # noqa: E402
 from nst_messages import ClientError, _, user_message  # noqa: E402
 from nst_run_state import RunState  # noqa: E402
 
 PROC_NAME = "python-fu-neural-style-transfer"
+HELP_DOMAIN = "nst-gimp"  # help/en/gimp-help.xml maps PROC_NAME to the plug-in's page
 CALIBRATION = os.path.join(PLUGIN_DIR, "nst-calibration.json")
+RECENT = os.path.join(PLUGIN_DIR, "nst-recent.json")  # the paintings the dialog offers
 PREVIEW_INTERVAL_S = 2.0  # a fresh picture at least this often, and at every scale's end
 
 
-def stylize_layer(image, drawables, style_file, settings, interactive):
-    """The whole run: read the layer, call the engine, add the result as a new layer."""
-    ok_at = time.monotonic()
-    drawable = nst_layers.check_target(image, drawables)
+def chosen_style(style_file, style_layer):
+    """The painting as the engine gets it (``nst_client.Style``) and as the result's
+    recipe names it (``nst_recipe.Painting``): the layer of an open image when one is
+    chosen, else the file."""
+    if style_layer is not None:
+        style = nst_layers.read_style(style_layer)
+        return style, nst_layers.painting_of(style, layer=style_layer)
     if style_file is None or style_file.get_path() is None:
         raise Failure(_("Choose a style image (a painting) first."))
     style_path = style_file.get_path()
     if not os.path.isfile(style_path):
         raise Failure(_("The style image does not exist: {path}").format(path=style_path))
+    style = nst_client.Style.from_file(style_path)
+    return style, nst_layers.painting_of(style, path=style_path)
+
+
+def stylize_layer(image, drawables, style, painting, settings, interactive):
+    """The whole run: read the layer, call the engine, add the result as a new layer."""
+    ok_at = time.monotonic()
+    drawable = nst_layers.check_target(image, drawables)
     region = nst_layers.selected_region(drawable)
     x, y, width, height = region
     command, host = nst_config.engine_command(PLUGIN_DIR)
@@ -73,14 +87,14 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
             run.abandon()
             raise
         nst_estimates.timing("layer read", ok_at)
-        run.send_request(settings, pixels, (height, width, channels), style_path,
+        run.send_request(settings, pixels, (height, width, channels), style,
                          PREVIEW_INTERVAL_S if interactive else 0.0)
         del pixels
         calibration = nst_estimates.load_calibration(CALIBRATION)
         if interactive:
             from nst_run_window import RunWindow
 
-            result = RunWindow(run, speed, os.path.basename(style_path), ok_at,
+            result = RunWindow(run, speed, style.name, ok_at,
                                show_step_in_gimp, PROC_NAME, calibration).run()
         else:
             result = run_with_progress_bar(run, speed, calibration)
@@ -94,7 +108,10 @@ def stylize_layer(image, drawables, style_file, settings, interactive):
                             "{expected}.").format(shape=shape,
                                                   expected=(height, width, channels)))
         Gimp.progress_set_text(_("Neural style transfer: adding the layer"))
-        nst_layers.add_result_layer(image, drawable, style_path, region, fmt, data, settings)
+        nst_layers.add_result_layer(image, drawable, painting, region, fmt, data, settings,
+                                    run.started)
+        if painting.file:
+            nst_recent.remember_painting(RECENT, painting.file)
         nst_estimates.timing("layer added", ok_at)
     finally:
         Gimp.progress_end()
@@ -152,6 +169,9 @@ class NeuralStyleTransfer(Gimp.PlugIn):
         return False  # the plug-in translates its own strings (nst_messages._)
 
     def do_query_procedures(self):
+        # The dialog's Help button opens the plug-in's own page, not GIMP's manual.
+        self.set_help_domain(HELP_DOMAIN, Gio.File.new_for_path(os.path.join(PLUGIN_DIR,
+                                                                              "help")))
         return [PROC_NAME]
 
     def do_create_procedure(self, name):
@@ -174,6 +194,11 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             Gimp.FileChooserAction.OPEN, False, None, flags)
         for argument in nst_arguments.arguments():
             declare_argument(procedure, argument)
+        # Last, so that scripts written before it keep working.
+        procedure.add_layer_argument(
+            "style-layer", _("…or a _layer of an open image"),
+            _("A layer of any open image to take the style from instead of the file "
+              "(none: the file)"), True, flags)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, data):
@@ -181,17 +206,26 @@ class NeuralStyleTransfer(Gimp.PlugIn):
         # started it and may want to Keep or Cancel.
         interactive = run_mode != Gimp.RunMode.NONINTERACTIVE
         try:
+            Gegl.init(None)
             if run_mode == Gimp.RunMode.INTERACTIVE:
                 from nst_dialog import show_dialog
 
+                # On a result layer the dialog opens with its recipe, to paint its
+                # photo again ("the same, a bit stronger").
+                recipe = nst_layers.recipe_of(drawables[0]) if len(drawables) == 1 else None
+                note = ""
+                if recipe is not None:
+                    drawables, note = nst_layers.from_recipe(image, drawables[0], recipe,
+                                                             config)
                 if not show_dialog(procedure, config, drawables, PROC_NAME, CALIBRATION,
-                                   nst_config.available_devices(PLUGIN_DIR)):
+                                   nst_config.available_devices(PLUGIN_DIR), note,
+                                   nst_recent.recent_paintings(RECENT)):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL,
                                                        GLib.Error())
-            Gegl.init(None)
             settings = nst_arguments.settings_from_config(config.get_property)
-            stylize_layer(image, drawables, config.get_property("style-file"), settings,
-                          interactive)
+            style, painting = chosen_style(config.get_property("style-file"),
+                                           config.get_property("style-layer"))
+            stylize_layer(image, drawables, style, painting, settings, interactive)
         except Cancelled:  # in the run window: nothing is added
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except ClientError as error:

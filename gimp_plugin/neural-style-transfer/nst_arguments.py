@@ -16,6 +16,9 @@ from nst_contract.knobs import AUTO_SIZE, DEFAULTS, KNOBS
 # range, choices and help from ``nst_contract.knobs``.
 ARGUMENT_KNOBS = ("style_strength", "iterations", "max_size", "preserve_colors", "seed",
                   "detail", "device")
+# The style image's file types the dialog's chooser offers first: those the engine
+# reads (nst_engine.images; tests/test_plugin_client.py reads one of each).
+STYLE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 # How the dialog names them and their choices (the underscore: the mnemonic).
 LABELS = {
     "style_strength": N_("Style stre_ngth"),

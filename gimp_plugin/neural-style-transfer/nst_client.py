@@ -3,13 +3,15 @@
 GIMP's bundled Python has neither torch nor numpy. An :class:`EngineRun` starts the
 command ``nst_config.engine_command`` gives — ``nst_engine connect``, which joins the
 warm engine service, here or over SSH — sends it the layer's float32 pixels and the
-style file, turns its events (with their payloads) into callbacks, notices an engine
-that fell silent, and keeps the engine's log when it failed. The wire is the engine's
-own (``nst_contract.wire``, which install.sh puts beside this file).
+style (a file's bytes or a layer's pixels), turns its events (with their payloads)
+into callbacks, notices an engine that fell silent, and keeps the engine's log when
+it failed. The wire is the engine's own (``nst_contract.wire``, which install.sh puts
+beside this file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import shutil
@@ -67,6 +69,45 @@ class Progress:
     tile: int = 1
     tiles: int = 1
 
+@dataclass(frozen=True)
+class Style:
+    """The painting as the engine receives it: a file's bytes (any format the engine
+    reads), or a layer's float32 pixels (``shape``: height, width, channels), sent as
+    the content is — a painting open in GIMP needs no file."""
+
+    name: str  # a label for the result's name and messages, never a path
+    data: bytes
+    shape: tuple[int, int, int] | None = None  # a layer's pixels; None: a file's bytes
+
+    @classmethod
+    def from_file(cls, path: str) -> Style:
+        try:
+            with open(path, "rb") as handle:
+                return cls(os.path.basename(path), handle.read())
+        except OSError as exc:
+            raise ClientError("bad_input", f"Cannot read the style image: {exc}") from None
+
+    @property
+    def sha256(self) -> str:
+        """Which painting this was, whatever its name (the result's recipe)."""
+        return hashlib.sha256(self.data).hexdigest()
+
+    def message(self) -> dict:
+        if self.shape is None:
+            return {"type": "style", "name": self.name, "bytes": len(self.data)}
+        return {"type": "style", "name": self.name, "bytes": len(self.data),
+                "pixels": {"shape": list(self.shape), "dtype": "<f4"}}
+
+
+def little_endian(floats: bytes) -> bytes:
+    """Native float32 bytes as the wire's ``<f4`` (a copy only on a big-endian machine)."""
+    if sys.byteorder == "little":
+        return floats
+    swapped = array("f", floats)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
 def make_workdir(base: str | None = None) -> str:
     """A private (0700) temporary folder; stale ones of dead plug-in runs are removed.
 
@@ -110,6 +151,7 @@ class EngineRun:
         self.host = host  # the SSH host the engine runs on; None: this computer
         self.where = host or "this computer"  # as messages name it
         self.on_event = on_event
+        self.started: dict = {}  # the ``started`` event: which engine, device, precision
         self.result: dict | None = None
         self.error: ClientError | None = None
         self.garbage = ""  # the last line that was not an event
@@ -139,30 +181,22 @@ class EngineRun:
     def stdout_fd(self) -> int:
         return self.process.stdout.fileno()
 
-    def send_request(self, settings: dict, content: bytes, shape: tuple, style_path: str,
+    def send_request(self, settings: dict, content: bytes, shape: tuple, style: Style,
                      preview_interval_s: float = 0.0) -> None:
-        """The ``run`` message with the layer (native float32) and the style file."""
-        try:
-            with open(style_path, "rb") as handle:
-                style = handle.read()
-        except OSError as exc:
-            raise ClientError("bad_input", f"Cannot read the style image: {exc}") from None
-        if sys.byteorder != "little":
-            swapped = array("f", content)
-            swapped.byteswap()
-            content = swapped.tobytes()
+        """The ``run`` message with the layer (native float32) and the style."""
+        content = little_endian(content)
         self.most_payload = len(content) + PREVIEW_SLACK
         run = {"type": "run", "protocol": PROTOCOL, "settings": settings,
                "preview_interval_s": preview_interval_s, "styles": 1,
                "heartbeat_s": CLIENT_HEARTBEAT_S,
                "content": {"shape": list(shape), "dtype": "<f4"}, "bytes": len(content)}
-        name = os.path.basename(style_path)
+        painting = style.data if style.shape is None else little_endian(style.data)
         try:
             with self._writing:
                 self.process.stdin.write(encode(run))
                 self.process.stdin.write(content)  # not joined: no copy of the layer
-                self.process.stdin.write(encode({"type": "style", "name": name,
-                                                "bytes": len(style)}) + style)
+                self.process.stdin.write(encode(style.message()))
+                self.process.stdin.write(painting)
                 self.process.stdin.flush()
         except (OSError, ValueError):
             return  # the engine has gone: its events and exit status will say why
@@ -260,7 +294,9 @@ class EngineRun:
         self.garbage = line.decode("utf-8", "replace").strip()[:200] or self.garbage
 
     def _handle(self, event: dict) -> None:
-        if event["event"] == "result":
+        if event["event"] == "started":
+            self.started = event
+        elif event["event"] == "result":
             self.result = event
         elif event["event"] == "error":
             message, advised = in_dialog_words(str(event.get("message", "")))
@@ -392,11 +428,11 @@ def typed_event(event: dict) -> dict | None:
 
 
 def run_engine(command: list[str], settings: dict, content: bytes, shape: tuple,
-               style_path: str, on_event=None, host: str | None = None) -> dict:
+               style: Style, on_event=None, host: str | None = None) -> dict:
     """Runs one request to its end (no window); returns the ``result`` event or raises
     ClientError."""
     run = EngineRun(command, on_event, host)
-    run.send_request(settings, content, shape, style_path)
+    run.send_request(settings, content, shape, style)
     return run.read_to_end()
 
 def log_folder() -> Path:

@@ -2,22 +2,25 @@
 in a float format of its own model (no precision lost), and the result added as a new
 layer in one undo step — above the photo and above the results made from it before,
 named for the painting and the strength, with how it was made in a parasite
-(docs/design.md, *Result layers*), and the photo left active for the next run."""
+(``nst_recipe``, docs/recipe.md), and the photo left active for the next run; and a
+result's recipe taken back into a run."""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 
 import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp  # noqa: E402
+gi.require_version("GdkPixbuf", "2.0")
+import nst_recipe  # noqa: E402
+from gi.repository import GdkPixbuf, Gegl, Gimp, Gio, GLib  # noqa: E402
+from nst_client import Style  # noqa: E402
 from nst_messages import _, result_name  # noqa: E402
 
-RESULT_PARASITE = "nst-result"  # on every result layer, saved in the .xcf
-RESULT_FORMAT = 1  # of the parasite's JSON
+THUMBNAIL_PX = 64  # the painting's thumbnail in a result's recipe
 
 
 class Failure(Exception):
@@ -59,16 +62,93 @@ def read_pixels(drawable, region, fmt: str) -> bytes:
     return bytes(drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
 
 
+def read_style(layer) -> Style:
+    """A painting open in GIMP as the engine's style: the layer's colour as float32 in
+    its own precision (a painting's alpha is not used), named for the layer."""
+    if not layer.is_layer() or layer.is_group():
+        raise Failure(_("The style must be a pixel layer, not a mask, channel or group."))
+    width, height = layer.get_width(), layer.get_height()
+    pixels = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, width, height), 1.0,
+                                    "R'G'B' float", Gegl.AbyssPolicy.CLAMP)
+    return Style(layer.get_name() or _("Style layer"), bytes(pixels), (height, width, 3))
+
+
+def painting_of(style: Style, path: str | None = None, layer=None) -> nst_recipe.Painting:
+    """The painting as a result's recipe names it, with a small thumbnail."""
+    thumbnail = None
+    try:
+        if layer is not None:
+            thumbnail = layer.get_thumbnail(THUMBNAIL_PX, THUMBNAIL_PX,
+                                            Gimp.PixbufTransparency.KEEP_ALPHA)
+        elif path:
+            thumbnail = GdkPixbuf.Pixbuf.new_from_file_at_scale(path, THUMBNAIL_PX,
+                                                                THUMBNAIL_PX, True)
+    except GLib.Error:  # a file GTK cannot read (the engine could): no thumbnail
+        pass
+    png = thumbnail.save_to_bufferv("png", [], [])[1] if thumbnail is not None else None
+    image = layer.get_image().get_file() if layer is not None else None
+    return nst_recipe.Painting(style.name, style.sha256, path,
+                               layer.get_name() if layer is not None else None,
+                               image.get_basename() if image is not None else None,
+                               bytes(png) if png else None)
+
+
+def recipe_of(layer) -> nst_recipe.Recipe | None:
+    """The recipe on a result layer; None on any other layer (or a damaged one)."""
+    parasite = layer.get_parasite(nst_recipe.PARASITE)
+    return nst_recipe.decode(bytes(parasite.get_data())) if parasite is not None else None
+
+
+def from_recipe(image, result, recipe: nst_recipe.Recipe, config) -> tuple[list, str]:
+    """Sets ``config`` to a result's recipe — its settings, and its painting where it
+    can still be found (the file, unchanged; or the layer, in an open image) — and
+    returns the layers to paint (the photo it was made from when it is still in the
+    image, else the result itself) and a line for the dialog."""
+    for name, value in recipe.arguments().items():
+        config.set_property(name, value)
+    painting = recipe.painting
+    found = None
+    if painting.file and os.path.isfile(painting.file) and _sha256(painting.file) == \
+            painting.sha256:
+        config.set_property("style-file", Gio.File.new_for_path(painting.file))
+        config.set_property("style-layer", None)
+        found = painting.file
+    elif painting.layer:
+        for other in Gimp.get_images():
+            file = other.get_file()
+            if (file.get_basename() if file else None) != painting.image:
+                continue
+            layer = next((item for item in other.get_layers()
+                          if item.get_name() == painting.layer), None)
+            if layer is not None and read_style(layer).sha256 == painting.sha256:
+                config.set_property("style-layer", layer)
+                found = painting.layer
+                break
+    source = image.get_layer_by_tattoo(recipe.source) if recipe.source is not None else None
+    targets = [source] if source is not None else [result]
+    if found is None:
+        missing = _("its painting “{name}” was not found: choose it again").format(
+            name=painting.name)
+    else:
+        missing = ""
+    note = _("Settings of the result “{result}”{missing}; OK paints “{target}”.").format(
+        result=result.get_name(), missing=f" ({missing})" if missing else "",
+        target=targets[0].get_name())
+    return targets, note
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def made_from(layer, source) -> bool:
     """Whether ``layer`` is a result the plug-in made from ``source``."""
-    parasite = layer.get_parasite(RESULT_PARASITE)
-    if parasite is None:
-        return False
-    try:
-        recipe = json.loads(bytes(parasite.get_data()).decode("utf-8"))
-        return recipe.get("source") == source.get_tattoo()
-    except (ValueError, TypeError, AttributeError):  # not ours, or damaged
-        return False
+    recipe = recipe_of(layer)
+    return recipe is not None and recipe.source == source.get_tattoo()
 
 
 def result_position(image, source) -> int:
@@ -82,23 +162,24 @@ def result_position(image, source) -> int:
     return position
 
 
-def add_result_layer(image, source, style_path: str, region, fmt: str, data: bytes,
-                     settings: dict) -> None:
+def add_result_layer(image, source, painting: nst_recipe.Painting, region, fmt: str,
+                     data: bytes, settings: dict, started: dict) -> None:
     """One undo group: the new layer, its pixels, its recipe and the selection mask;
-    then the source is the active layer again (not an undo step)."""
+    then the source is the active layer again (not an undo step). ``started``: the
+    run's ``started`` event (which engine painted it)."""
     x, y, width, height = region
-    style = os.path.splitext(os.path.basename(style_path))[0] or _("Stylised")
+    name = os.path.splitext(painting.name)[0] or _("Stylised")
     _visible, offset_x, offset_y = source.get_offsets()
     layer_type = source.type_with_alpha() if source.has_alpha() else source.type()
-    recipe = {"format": RESULT_FORMAT, "source": source.get_tattoo(),
-              "style": os.path.basename(style_path), "settings": settings}
+    recipe = nst_recipe.encode(source.get_tattoo(), source.get_name(), painting, settings,
+                               started)
     image.undo_group_start()
     try:
-        layer = Gimp.Layer.new(image, result_name(style, settings), width, height,
+        layer = Gimp.Layer.new(image, result_name(name, settings), width, height,
                                layer_type, 100.0, Gimp.LayerMode.NORMAL)
         image.insert_layer(layer, source.get_parent(), result_position(image, source))
-        layer.attach_parasite(Gimp.Parasite.new(
-            RESULT_PARASITE, Gimp.PARASITE_PERSISTENT, json.dumps(recipe).encode("utf-8")))
+        layer.attach_parasite(Gimp.Parasite.new(nst_recipe.PARASITE,
+                                                Gimp.PARASITE_PERSISTENT, recipe))
         layer.set_offsets(offset_x + x, offset_y + y)
         buffer = layer.get_buffer()
         buffer.set(Gegl.Rectangle.new(0, 0, width, height), fmt, data)

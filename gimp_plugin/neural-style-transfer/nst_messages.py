@@ -127,6 +127,12 @@ def format_refinement(extra_s: float | None) -> str:
              "{time} more here.").format(time=format_eta(extra_s))
 
 
+def format_style_layer(name: str) -> str:
+    """The dialog's word that the painting is a layer, not the file."""
+    return _("The painting: the layer “{name}” (choosing a file uses the file instead)."
+             ).format(name=name)
+
+
 def format_area(width: int, height: int, layer_width: int, layer_height: int) -> str:
     """Says that a selection limits what is painted (nothing when it is all of the
     layer): the result layer then covers the selection's bounds, masked by it."""

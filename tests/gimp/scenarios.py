@@ -203,6 +203,59 @@ def series():
     image.delete()
 
 
+def recipe():
+    """A result's recipe survives an .xcf saved and opened again, and a run from it
+    (what the dialog opens with on a result layer) paints the photo again with the
+    result's painting and settings — "the same, a bit stronger"."""
+    sys.path.insert(0, os.path.join(os.environ["GIMP3_DIRECTORY"], "plug-ins",
+                                    "neural-style-transfer"))
+    import nst_layers
+
+    image, layer = make_image()
+    first = run(image, [layer], **{"style-strength": 0.3, "seed": 7})
+    path = os.path.join(os.path.dirname(STYLE), "with-result.xcf")
+    Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(path), None)
+    image.delete()
+    image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
+    result = image.get_layers()[0]
+    recipe = nst_layers.recipe_of(result)
+    saved = json.loads(bytes(result.get_parasite("nst-result").get_data()).decode())
+    config = Gimp.get_pdb().lookup_procedure(PROC).create_config()
+    targets, note = nst_layers.from_recipe(image, result, recipe, config)
+    taken = {name: config.get_property(name)
+             for name in ("style-strength", "seed", "max-size", "iterations")}
+    config.set_property("style-strength", 0.5)  # a bit stronger
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", targets)
+    second = Gimp.get_pdb().lookup_procedure(PROC).run(config).index(0).value_nick
+    report("recipe", outcomes=[first[0], second], saved=saved, targets=[
+        t.get_name() for t in targets], taken=taken, note=note, stack=stack(image),
+        style_file=config.get_property("style-file").get_path(),
+        thumbnail_png=recipe.painting.thumbnail_png[:8].hex()
+        if recipe.painting.thumbnail_png else None)
+    image.delete()
+
+
+def style_from_layer():
+    """The painting taken from a layer of another open image, not from its file: the
+    same result as the file gives, named for the layer."""
+    painting = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(STYLE))
+    painting_layer = painting.get_layers()[0]
+    painting_layer.set_name("open painting")
+    outcomes, results = [], []
+    for style_layer in (None, painting_layer):
+        image, layer = make_image()
+        outcomes.append(run(image, [layer], **{"style-layer": style_layer}))
+        results.append(pixels(image.get_layers()[0]))
+        names = stack(image)
+        image.delete()
+    report("style_from_layer", outcomes=outcomes, stack=names,
+           largest_difference=max(abs(a - b) for a, b in zip(*results)),
+           painting_layers=len(painting.get_layers()))
+    painting.delete()
+
+
 def refined():
     """The refinement at full size, through the plug-in: a 16-bit layer with offsets and
     varying alpha keeps them; the result differs from the enlargement alone."""

@@ -11,6 +11,8 @@
 # ellipse before the dialog opens; NST_SHOT_DEVICES_AT="x y" opens the Device list there
 # and takes it (devices-gimp-V.png). NST_SHOT_MODE=WITH_LAST_VALS runs as
 # Filters ▸ Repeat Last does (no dialog): only the run window is taken.
+# NST_SHOT_CHOOSER_AT="x y" opens the style chooser there (chooser-gimp-V.png);
+# NST_SHOT_HELP_AT="x y" presses Help there and takes what opens (help-gimp-V.png).
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,6 +20,7 @@ root=$(bash "$here/provision.sh" "$version")
 work=$(mktemp -d "$root/tmp/nst-shot-XXXX")
 inside=/${work#"$root"/}
 display=:$((90 + RANDOM % 9))
+mkdir -p -m 1777 /tmp/.X11-unix  # Xvfb makes it too, but the bind mount below may come first
 Xvfb "$display" -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & xvfb=$!
 cleanup() {
   pkill -f "gimp-$version --no-splash" 2>/dev/null || true
@@ -88,6 +91,23 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
     import -display "$display" -window root "$out/devices-gimp-$version.png"
     DISPLAY=$display xdotool click 1  # the current entry lies over the list: it closes
     sleep 1
+    DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
+  fi
+  if [ -n "${NST_SHOT_CHOOSER_AT:-}" ]; then  # "x y": the style chooser; its dialog taken
+    DISPLAY=$display xdotool mousemove ${NST_SHOT_CHOOSER_AT} click 1
+    sleep 3
+    import -display "$display" -window root "$out/chooser-gimp-$version.png"
+    chooser=$(DISPLAY=$display xdotool search --onlyvisible --name "^(Style image|Select a File)" 2>/dev/null | tail -1) || true
+    if [ -n "$chooser" ]; then
+      DISPLAY=$display xdotool windowfocus --sync "$chooser" key --clearmodifiers Escape || true
+    fi
+    sleep 1
+    DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
+  fi
+  if [ -n "${NST_SHOT_HELP_AT:-}" ]; then  # "x y": the Help button; what it opens taken
+    DISPLAY=$display xdotool mousemove ${NST_SHOT_HELP_AT} click 1
+    sleep "${NST_SHOT_HELP_WAIT:-8}"
+    import -display "$display" -window root "$out/help-gimp-$version.png"
     DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
   fi
   DISPLAY=$display xdotool key --clearmodifiers Return
