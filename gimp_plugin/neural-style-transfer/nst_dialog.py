@@ -19,6 +19,7 @@ import nst_estimates  # noqa: E402
 from gi.repository import GdkPixbuf, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E402
 from nst_arguments import STYLE_IMAGE_SUFFIXES, arguments, settings_from_config  # noqa: E402
 from nst_config import DEVICES  # noqa: E402
+from nst_layers import painting_name  # noqa: E402
 from nst_messages import (  # noqa: E402
     ClientError,
     _,
@@ -95,7 +96,7 @@ def show_dialog(procedure, config, drawables, plugin_name: str,
             return
         measured = calibration or {}
         style_layer = config.get_property("style-layer")
-        lines = [note, format_style_layer(style_layer.get_name()) if style_layer else "",
+        lines = [note, format_style_layer(painting_name(style_layer)) if style_layer else "",
                  format_area(width, height, layer.get_width(), layer.get_height()),
                  format_estimate(seconds, measured.get("device"),
                                  measured.get("measured_by") == "installer"),
@@ -115,12 +116,12 @@ def show_dialog(procedure, config, drawables, plugin_name: str,
 
 def recent_strip(config, recent: list[str]) -> Gtk.Widget:
     """The paintings used last as small buttons: a click makes one the style image."""
-    strip = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+    strip = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4,
+                    valign=Gtk.Align.CENTER)
     if not recent:
         return strip
     strip.pack_start(Gtk.Label(label=_("Recent paintings:"), xalign=0), False, False, 0)
-    buttons = Gtk.FlowBox(selection_mode=Gtk.SelectionMode.NONE, max_children_per_line=8,
-                          column_spacing=2, row_spacing=2)
+    buttons = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=2)
     for path in recent:
         shown = load_thumbnail(path, RECENT_PX)
         if shown is None:
@@ -129,7 +130,7 @@ def recent_strip(config, recent: list[str]) -> Gtk.Widget:
         button.set_tooltip_text(os.path.basename(path))
         button.connect("clicked", lambda _button, chosen=path: config.set_property(
             "style-file", Gio.File.new_for_path(chosen)))
-        buttons.add(button)
+        buttons.pack_start(button, False, False, 0)
     strip.pack_start(buttons, False, False, 0)
     return strip
 

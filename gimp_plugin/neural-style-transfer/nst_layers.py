@@ -70,7 +70,20 @@ def read_style(layer) -> Style:
     width, height = layer.get_width(), layer.get_height()
     pixels = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, width, height), 1.0,
                                     "R'G'B' float", Gegl.AbyssPolicy.CLAMP)
-    return Style(layer.get_name() or _("Style layer"), bytes(pixels), (height, width, 3))
+    return Style(painting_name(layer), bytes(pixels), (height, width, 3))
+
+
+def painting_name(layer) -> str:
+    """A style layer as a result's name says it: its image's file name when it is the
+    image's only layer (an opened painting's layer is just "Background"), with the
+    layer's name when there are others."""
+    file = layer.get_image().get_file()
+    stem = os.path.splitext(file.get_basename())[0] if file is not None else ""
+    if not stem:
+        return layer.get_name() or _("Style layer")
+    if len(layer.get_image().get_layers()) == 1 and layer.get_parent() is None:
+        return stem
+    return f"{stem} – {layer.get_name()}"
 
 
 def painting_of(style: Style, path: str | None = None, layer=None) -> nst_recipe.Painting:

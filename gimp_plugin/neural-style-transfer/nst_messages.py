@@ -129,7 +129,8 @@ def format_refinement(extra_s: float | None) -> str:
 
 def format_style_layer(name: str) -> str:
     """The dialog's word that the painting is a layer, not the file."""
-    return _("The painting: the layer “{name}” (choosing a file uses the file instead)."
+    return _("The painting: the open image's layer “{name}” (choosing a file uses the file "
+             "instead)."
              ).format(name=name)
 
 

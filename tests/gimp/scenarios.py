@@ -243,6 +243,9 @@ def style_from_layer():
     painting = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(STYLE))
     painting_layer = painting.get_layers()[0]
     painting_layer.set_name("open painting")
+    notes = Gimp.Layer.new(painting, "notes", 8, 8, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    painting.insert_layer(notes, None, 0)  # another layer: the result names this one
     outcomes, results = [], []
     for style_layer in (None, painting_layer):
         image, layer = make_image()

@@ -13,6 +13,10 @@
 # Filters ▸ Repeat Last does (no dialog): only the run window is taken.
 # NST_SHOT_CHOOSER_AT="x y" opens the style chooser there (chooser-gimp-V.png);
 # NST_SHOT_HELP_AT="x y" presses Help there and takes what opens (help-gimp-V.png).
+# NST_SHOT_PAINTINGS=DIR: paintings used first (recent paintings); NST_SHOT_OPEN_PAINTING=1
+# opens the style image too (a layer to choose); NST_SHOT_ON_RESULT=1 opens the dialog
+# on the first run's result (its recipe); NST_SHOT_CLICKS="x y,x y" clicks in the dialog
+# and takes the screen after each click (click-N-gimp-V.png).
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,7 +38,8 @@ mount -t proc proc "$root/proc"
 mkdir -p "$root/tmp/.X11-unix" && mount --bind /tmp/.X11-unix "$root/tmp/.X11-unix"
 mkdir -p "$work/src" && (cd "$here/../.." && git ls-files -z | xargs -0 cp --parents -t "$work/src")
 cp "$photo" "$work/photo.${photo##*.}" && cp "$style" "$work/style.${style##*.}"
-mkdir -p "$work/data"
+mkdir -p "$work/data" "$work/paintings"
+[ -n "${NST_SHOT_PAINTINGS:-}" ] && cp "$NST_SHOT_PAINTINGS"/* "$work/paintings/"
 weights_env=NST_WEIGHTS=random
 if [ -n "$weights" ]; then cp "$weights/vgg19-original.pth" "$work/data/"; weights_env=NST_WEIGHTS=original; fi
 run() { chroot "$root" env -i PATH=/usr/bin:/bin HOME="$inside" LANG=C.UTF-8 \
@@ -54,7 +59,7 @@ def call(mode, **settings):
     cfg = proc.create_config()
     cfg.set_property("run-mode", mode)
     cfg.set_property("image", image)
-    cfg.set_core_object_array("drawables", image.get_layers()[-1:])
+    cfg.set_core_object_array("drawables", image.get_selected_layers())
     cfg.set_property("style-file", Gio.File.new_for_path("$inside/style.${style##*.}"))
     for key, value in settings.items():
         cfg.set_property(key, value)
@@ -63,7 +68,23 @@ def call(mode, **settings):
 # A first, short run measures this computer's speed for the dialog's estimate.
 if "${NST_SHOT_FIRST:-}" != "1":
     call(Gimp.RunMode.NONINTERACTIVE, iterations=40, **{"max-size": 256})
+# NST_SHOT_PAINTINGS=DIR: a short run with each painting there first (the dialog then
+# offers them as recent paintings); their results are removed again.
+import glob
+for painting in sorted(glob.glob("$inside/paintings/*")):
+    cfg_painting = Gio.File.new_for_path(painting)
+    cfg = proc.create_config()
+    for key, value in {"run-mode": Gimp.RunMode.NONINTERACTIVE, "image": image,
+                       "style-file": cfg_painting, "iterations": 2, "max-size": 64}.items():
+        cfg.set_property(key, value)
+    cfg.set_core_object_array("drawables", image.get_layers()[-1:])
+    proc.run(cfg)
+    image.remove_layer(image.get_layers()[0])
+if "${NST_SHOT_OPEN_PAINTING:-}" == "1":  # the painting open too: a layer to choose
+    Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path("$inside/style.${style##*.}"))
 open("$inside/calibrated", "w").close()
+if "${NST_SHOT_ON_RESULT:-}" == "1":  # the dialog on the first run's result: its recipe
+    image.set_selected_layers(image.get_layers()[:1])
 if "${NST_SHOT_SELECT:-}":  # "x,y,w,h": an ellipse the dialog then names
     image.select_ellipse(Gimp.ChannelOps.REPLACE, *map(int, "${NST_SHOT_SELECT:-}".split(",")))
 call(Gimp.RunMode.${NST_SHOT_MODE:-INTERACTIVE}, detail="${NST_SHOT_DETAIL:-auto}",
@@ -104,6 +125,12 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
     sleep 1
     DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
   fi
+  IFS=, read -ra clicks <<< "${NST_SHOT_CLICKS:-}"  # "x y,x y": each clicked and taken
+  for index in "${!clicks[@]}"; do
+    DISPLAY=$display xdotool mousemove ${clicks[$index]} click 1
+    sleep 3
+    import -display "$display" -window root "$out/click-$((index + 1))-gimp-$version.png"
+  done
   if [ -n "${NST_SHOT_HELP_AT:-}" ]; then  # "x y": the Help button; what it opens taken
     DISPLAY=$display xdotool mousemove ${NST_SHOT_HELP_AT} click 1
     sleep "${NST_SHOT_HELP_WAIT:-8}"
