@@ -35,6 +35,7 @@ def test_a_run_from_start_to_result():
     assert state.waiting == "Waiting for the engine: 3 pictures are ahead of this one"
     state.on_event({"event": "queued", "ahead": 1})  # the queue moved
     assert state.waiting == "Waiting for the engine: another picture is being painted"
+    assert state.progress_text == "Neural style transfer: waiting, 1 picture ahead"
     state.on_event({"event": "started", "device": "cpu", "precision": "bf16", "width": 1080,
                     "height": 720, "max_size": 512})
     assert state.waiting == "Working out the style…"

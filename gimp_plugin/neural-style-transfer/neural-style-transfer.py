@@ -132,6 +132,8 @@ def run_with_progress_bar(run, speed, calibration):
     def on_event(event):
         speed.on_event(event)
         state.on_event(event)
+        if event["event"] == "queued":
+            Gimp.progress_set_text(state.progress_text)
         if event["event"] != "progress":
             return
         p = event["progress"]
@@ -196,7 +198,7 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             declare_argument(procedure, argument)
         # Last, so that scripts written before it keep working.
         procedure.add_layer_argument(
-            "style-layer", _("…or a _layer of an open image"),
+            "style-layer", _("…or a la_yer of an open image"),
             _("A layer of any open image to take the style from instead of the file "
               "(none: the file)"), True, flags)
         return procedure

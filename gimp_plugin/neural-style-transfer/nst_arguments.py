@@ -19,13 +19,15 @@ ARGUMENT_KNOBS = ("style_strength", "iterations", "max_size", "preserve_colors",
 # The style image's file types the dialog's chooser offers first: those the engine
 # reads (nst_engine.images; tests/test_plugin_client.py reads one of each).
 STYLE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
-# How the dialog names them and their choices (the underscore: the mnemonic).
+# How the dialog names them and their choices (the underscore: the mnemonic, none the
+# same as another's or a dialog button's: _Help, _Load/_Save Settings, _Reset, _Cancel,
+# _OK, nor the style's Style _image and …or a la_yer).
 LABELS = {
     "style_strength": N_("Style stre_ngth"),
     "iterations": N_("Ste_ps, at most"),
     "max_size": N_("_Working size (0 = automatic)"),
     "preserve_colors": N_("_Keep the photo's colours"),
-    "seed": N_("Va_riation (seed)"),
+    "seed": N_("Vari_ation (seed)"),
     "detail": N_("De_tail"),
     "device": N_("De_vice"),
 }

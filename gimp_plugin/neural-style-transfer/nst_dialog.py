@@ -54,6 +54,8 @@ def show_dialog(procedure, config, drawables, plugin_name: str,
     chooser = dialog.get_widget("style-file", GObject.TYPE_NONE)
     chooser.set_valign(Gtk.Align.CENTER)
     offer_images(chooser)
+    # A list, not GIMP's radio buttons for three choices: those have no mnemonic.
+    dialog.get_widget("detail", Gtk.ComboBox)
     style_row = dialog.fill_box("style-row", ["style-file"])
     pictures = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
     thumbnail = Gtk.Image()

@@ -56,6 +56,10 @@ class RunState:
                     "Waiting for the engine: {count} picture is ahead of this one",
                     "Waiting for the engine: {count} pictures are ahead of this one",
                     ahead).format(count=ahead)
+            self.progress_text = ngettext(
+                "Neural style transfer: waiting, {count} picture ahead",
+                "Neural style transfer: waiting, {count} pictures ahead", ahead).format(
+                count=ahead)
         elif kind == "progress":
             p = event["progress"]
             self.refining = p.refining

@@ -135,7 +135,7 @@ class RunWindow:
         if event["event"] == "preview":
             self.show_preview(event["payload"], event.get("detail", False))
         self.draw()
-        if event["event"] == "progress":
+        if event["event"] in ("progress", "queued"):  # GIMP's status bar says it too
             self.on_progress(self.state)
 
     def show_preview(self, png: bytes, at_100_percent: bool = False) -> None:

@@ -16,7 +16,8 @@
 # NST_SHOT_PAINTINGS=DIR: paintings used first (recent paintings); NST_SHOT_OPEN_PAINTING=1
 # opens the style image too (a layer to choose); NST_SHOT_ON_RESULT=1 opens the dialog
 # on the first run's result (its recipe); NST_SHOT_CLICKS="x y,x y" clicks in the dialog
-# and takes the screen after each click (click-N-gimp-V.png).
+# and takes the screen after each click (click-N-gimp-V.png); NST_SHOT_BUSY=1 starts a
+# command-line run through the same warm engine before OK, so that this run waits.
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +29,8 @@ mkdir -p -m 1777 /tmp/.X11-unix  # Xvfb makes it too, but the bind mount below m
 Xvfb "$display" -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & xvfb=$!
 cleanup() {
   pkill -f "gimp-$version --no-splash" 2>/dev/null || true
+  pkill -f "$inside/busy.png" 2>/dev/null || true
+  pkill -f "$inside/venv/bin/python -m nst_engine" 2>/dev/null || true  # the warm engine too
   kill "$xvfb" 2>/dev/null || true
   sleep 1
   umount "$root/tmp/.X11-unix" "$root/proc" 2>/dev/null || true
@@ -137,9 +140,16 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
     import -display "$display" -window root "$out/help-gimp-$version.png"
     DISPLAY=$display xdotool windowfocus --sync "$dialog" || true
   fi
+  if [ "${NST_SHOT_BUSY:-}" = 1 ]; then  # another picture painting first: this run queues
+    run "$inside/venv/bin/python" -m nst_engine stylize "$inside/photo.${photo##*.}" \
+      "$inside/style.${style##*.}" --iterations 400 --no-converge -o "$inside/busy.png" \
+      >"$work/busy.log" 2>&1 &
+    sleep 5
+  fi
   DISPLAY=$display xdotool key --clearmodifiers Return
 fi
 sleep "${NST_SHOT_RUN_WAIT:-45}"
 import -display "$display" -window root "$out/run-window-gimp-$version.png"
 grep -h "nst-timings" "$work/gimp.log" > "$out/timings-gimp-$version.txt" || true
+cp "$work/gimp.log" "$out/gimp-$version.log"
 echo "$out"
