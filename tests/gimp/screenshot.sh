@@ -17,7 +17,9 @@
 # opens the style image too (a layer to choose); NST_SHOT_ON_RESULT=1 opens the dialog
 # on the first run's result (its recipe); NST_SHOT_CLICKS="x y,x y" clicks in the dialog
 # and takes the screen after each click (click-N-gimp-V.png); NST_SHOT_BUSY=1 starts a
-# command-line run through the same warm engine before OK, so that this run waits.
+# command-line run through the same warm engine before OK, so that this run waits;
+# NST_SHOT_KEEP_COLOURS=1 ticks Keep the photo's colours; NST_SHOT_WM=1 runs openbox;
+# NST_SHOT_CANVAS_AT="x y" clicks the image window once the run window was taken.
 set -euo pipefail
 version=$1 out=$2 photo=$3 style=$4 weights=${5:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,10 +29,13 @@ inside=/${work#"$root"/}
 display=:$((90 + RANDOM % 9))
 mkdir -p -m 1777 /tmp/.X11-unix  # Xvfb makes it too, but the bind mount below may come first
 Xvfb "$display" -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & xvfb=$!
+wm=""  # NST_SHOT_WM=1: a window manager (openbox), for what stacks windows (transience)
+if [ "${NST_SHOT_WM:-}" = 1 ]; then sleep 1; DISPLAY=$display openbox >/dev/null 2>&1 & wm=$!; fi
 cleanup() {
   pkill -f "gimp-$version --no-splash" 2>/dev/null || true
   pkill -f "$inside/busy.png" 2>/dev/null || true
   pkill -f "$inside/venv/bin/python -m nst_engine" 2>/dev/null || true  # the warm engine too
+  [ -z "$wm" ] || kill "$wm" 2>/dev/null || true
   kill "$xvfb" 2>/dev/null || true
   sleep 1
   umount "$root/tmp/.X11-unix" "$root/proc" 2>/dev/null || true
@@ -91,7 +96,8 @@ if "${NST_SHOT_ON_RESULT:-}" == "1":  # the dialog on the first run's result: it
 if "${NST_SHOT_SELECT:-}":  # "x,y,w,h": an ellipse the dialog then names
     image.select_ellipse(Gimp.ChannelOps.REPLACE, *map(int, "${NST_SHOT_SELECT:-}".split(",")))
 call(Gimp.RunMode.${NST_SHOT_MODE:-INTERACTIVE}, detail="${NST_SHOT_DETAIL:-auto}",
-     **{"max-size": ${NST_SHOT_MAX_SIZE:-0}})
+     **{"max-size": ${NST_SHOT_MAX_SIZE:-0},
+        "preserve-colors": "${NST_SHOT_KEEP_COLOURS:-}" == "1"})
 PY
 run DISPLAY="$display" GIMP3_DIRECTORY="$inside/profile" timeout 900 "gimp-$version" \
   --no-splash --batch-interpreter=python-fu-eval \
@@ -150,6 +156,11 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
 fi
 sleep "${NST_SHOT_RUN_WAIT:-45}"
 import -display "$display" -window root "$out/run-window-gimp-$version.png"
+if [ -n "${NST_SHOT_CANVAS_AT:-}" ]; then  # "x y": a click on the image window meanwhile
+  DISPLAY=$display xdotool mousemove ${NST_SHOT_CANVAS_AT} click 1
+  sleep 3
+  import -display "$display" -window root "$out/after-canvas-click-gimp-$version.png"
+fi
 grep -h "nst-timings" "$work/gimp.log" > "$out/timings-gimp-$version.txt" || true
 cp "$work/gimp.log" "$out/gimp-$version.log"
 echo "$out"
