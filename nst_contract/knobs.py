@@ -24,6 +24,10 @@ AUTO_SIZE = 0  # max_size 0 (or None): the engine picks the working size
 DETAIL_CHOICES = ("auto", "working", "full")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 DETAIL_STEPS = {"cpu": 10, "cuda": 30, "mps": 30}  # full-size refinement; docs/losses.md
+# A quick look (the plug-in's session window): enough of the painting's look to compare
+# paintings — a small working size, few steps, enlarged only. At 256 px 24 steps show
+# the look that 60 settle (benchmarks/RESULTS.md, "Quick looks").
+QUICK_LOOK = {"max_size": 256, "iterations": 24, "detail": "working"}
 
 
 def knob(default, kind, help: str, group: str = "expert", *, minimum=None, maximum=None,

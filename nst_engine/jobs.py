@@ -36,6 +36,8 @@ class Job:
     deliver: Deliver
     preview: Deliver | None = None
     preview_interval_s: float = 0.0  # seconds, plus every scale's end; 0: off
+    start: Picture | None = None  # an earlier result of this photo to start from …
+    worked_to: int = 0  # … and the working size it was worked out at (its scales skipped)
 
 
 def file_deliverer(output: Path, write: Callable[[Picture, Path], None]) -> Deliver:
@@ -52,7 +54,7 @@ def run_job(job: Job, emit: Emit, control: Control, cache: EngineCache | None = 
     style targets for the next run (the service). Raises EngineError."""
     engine = StyleTransfer(job.settings, cache)
     width, height = job.content.size
-    scales = engine.plan(width, height)
+    scales = engine.plan(width, height, job.worked_to if job.start is not None else 0)
     emit({
         "event": "started", "engine_version": __version__, "device": engine.device.type,
         "precision": engine.network.precision.name, "weights": engine.network.family,
@@ -65,7 +67,7 @@ def run_job(job: Job, emit: Emit, control: Control, cache: EngineCache | None = 
     previews = _Previews(job, emit)
     result = engine.stylize(job.content, job.styles,
                             lambda it: (emit(progress_event(it)), previews.offer(it)),
-                            control, scales)
+                            control, scales, job.start)
     control.check()
     event = {"event": "result", **job.deliver(result.picture), "steps": result.steps,
              "stopped": result.stopped.value}

@@ -73,12 +73,38 @@ def read_job(channel: Channel, folder: Path) -> Job:
         except OSError as exc:  # a full disk, a quota
             raise _no_room(folder.parent, exc) from None
         styles.append(load_picture(path, "style image"))
+    start, worked_to = _start(channel, message.get("start"), content)
     interval = message.get("preview_interval_s", 0)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
             or not 0 <= interval < 1e6:
         raise bad_input("preview_interval_s must be a non-negative number of seconds")
     return Job(content, styles, settings, _deliver_array, _deliver_png if interval else None,
-               preview_interval_s=float(interval))
+               preview_interval_s=float(interval), start=start, worked_to=worked_to)
+
+
+def _start(channel: Channel, header, content: Picture) -> tuple[Picture | None, int]:
+    """The picture a run starts from when the run message announces one (``start``:
+    its shape, and ``worked_to``, the working size it was worked out at), sent after
+    the styles as a ``start`` message: an earlier result of the same photo."""
+    if header is None:
+        return None, 0
+    worked_to = header.get("worked_to") if isinstance(header, dict) else None
+    if isinstance(worked_to, bool) or not isinstance(worked_to, int) or worked_to < 0:
+        raise bad_input("start.worked_to must be the working size (px) it was worked at")
+    expected = layer_bytes(header)
+
+    def limit(message: dict) -> int:
+        if message["type"] != "start":
+            raise bad_input(f"expected the start picture, got {message['type']!r}")
+        return expected
+
+    _, data = channel.read(limit=limit)
+    picture = _array(header, data, "start picture")
+    if picture.size != content.size:
+        raise bad_input(f"the start picture is {picture.size[0]}×{picture.size[1]}, the "
+                        f"layer {content.size[0]}×{content.size[1]}: it must be a result "
+                        "of the same layer")
+    return picture, worked_to
 
 
 SCRATCH_PREFIX = "nst-stream-"  # + the engine's pid: the style images of one run

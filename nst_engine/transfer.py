@@ -63,10 +63,14 @@ class StyleTransfer:
         budget = devices.memory_budget(self.device, self.settings.memory_budget)
         return plan.work_budget(budget, devices.fixed_bytes(self.device), pixels)
 
-    def plan(self, width: int, height: int) -> list[Scale]:
-        """The scales, each split into overlapping tiles when it would not fit the budget."""
+    def plan(self, width: int, height: int, worked_to: int = 0) -> list[Scale]:
+        """The scales, each split into overlapping tiles when it would not fit the budget.
+        ``worked_to``: the longest side a start picture was already worked out at (a
+        quick look finished): the scales up to it are not done again."""
         s = self.settings
         scales = plan.plan_scales(width, height, self.max_size, s.iterations)
+        if worked_to:
+            scales = [c for c in scales if max(c.width, c.height) > worked_to] or scales[-1:]
         if s.refines(self.device.type):
             scales = plan.plan_refinement(scales, width, height,
                                       s.refinement_steps(self.device.type))
@@ -79,10 +83,13 @@ class StyleTransfer:
         callback: Callable[[Iterate], None] | None = None,
         control: Control | None = None,
         scales: list[Scale] | None = None,
+        start: Picture | None = None,
     ) -> Result:
         """The stylised picture at ``content``'s full size, alpha untouched.
 
-        ``scales`` is the plan (from :meth:`plan`) when the caller already made it.
+        ``scales`` is the plan (from :meth:`plan`) when the caller already made it;
+        ``start`` a picture to start from instead of ``settings.init`` (an earlier
+        result of the same photo: a quick look finished at the full working size).
         """
         s = self.settings
         if not styles:
@@ -97,7 +104,7 @@ class StyleTransfer:
         scales = scales or self.plan(width, height)
         loop = Loop(s, self.network.features, scales, callback, control)
         try:
-            image = self._optimise_scales(loop, content, styles)
+            image = self._optimise_scales(loop, content, styles, start)
             control.check()
             rgb = as_the_layer_will_be(to_array(image), content.rgb, s.preserve_colors,
                                        content.gray)
@@ -109,8 +116,8 @@ class StyleTransfer:
         picture = replace(content, rgb=np.ascontiguousarray(rgb, dtype=np.float32))
         return Result(picture, loop.steps, loop.stopped)
 
-    def _optimise_scales(self, loop: Loop, content: Picture,
-                         styles: Sequence[Picture]) -> torch.Tensor:
+    def _optimise_scales(self, loop: Loop, content: Picture, styles: Sequence[Picture],
+                         start_picture: Picture | None = None) -> torch.Tensor:
         """Every working scale in turn, the enlargement to full size, and the
         refinement there when planned; returns the image at full size."""
         s, control = self.settings, loop.control
@@ -130,8 +137,13 @@ class StyleTransfer:
                 target, start = full, kept  # ``start`` is copied below: ``kept`` stays
             else:
                 target = resize(full, scale.width, scale.height)
-                start = start_image(s, target) if image is None else resize(
-                    image, scale.width, scale.height)
+                if image is not None:
+                    start = resize(image, scale.width, scale.height)
+                elif start_picture is not None:
+                    start = resize(to_tensor(start_picture.rgb, self.device), scale.width,
+                                   scale.height)
+                else:
+                    start = start_image(s, target)
             grams = self.targets.style_grams(style_images, max(scale.width, scale.height),
                                              budget, control, digests, native=scale.refining)
             image = start.detach().clamp(0, 1)

@@ -689,3 +689,29 @@ def test_recent_paintings_are_the_last_eight_used_newest_first(tmp_path):
     assert nst_recent.recent_paintings(kept) == []
     nst_recent.remember_painting(kept, paintings[1])
     assert nst_recent.recent_paintings(kept) == [str(paintings[1])]
+
+
+def test_a_run_can_start_from_an_earlier_result_and_skip_its_scales(painting):
+    """*Finish this one*: the quick look's result is sent back as the start; the
+    scales it was worked out at are not done again."""
+    _, raw, shape = layer(192, 256)
+    style = nst_client.Style.from_file(painting)
+    quick, full = settings(iterations=4, **{"max-size": 128}), settings(
+        iterations=6, **{"max-size": 256})
+    looked = nst_client.run_engine(LOCAL, quick, raw, shape, style)
+    runs = {}
+    for start in (None, looked["payload"]):
+        events = []
+        run = nst_client.EngineRun(LOCAL, events.append)
+        run.send_request(full, raw, shape, style, 0.0, start, 128 if start else 0)
+        runs[start is not None] = (run.read_to_end(), events[0] if events[0]["event"] ==
+                                   "started" else events[1])
+    fresh, finished = runs[False], runs[True]
+    assert [s[0] for s in fresh[1]["scales"]] == [128, 256]
+    assert [s[0] for s in finished[1]["scales"]] == [256]  # 128 px: the quick look's
+    assert finished[0]["payload"] != fresh[0]["payload"]
+    wrong = nst_client.EngineRun(LOCAL)
+    wrong.send_request(full, raw, shape, style, 0.0, looked["payload"][:-4 * 3 * 256], 128)
+    with pytest.raises(nst_messages.ClientError) as info:
+        wrong.read_to_end()
+    assert info.value.kind == "bad_input"

@@ -3,17 +3,20 @@
 
 The pixels go to the local engine (nst_engine, in its own Python with torch)
 as float32 arrays; the result comes back as a new layer above the source, in
-one undo step. An interactive run shows the picture forming in a window of its
-own, with Keep this result and Cancel.
+one undo step. An interactive run opens the session window: the picture forms
+there (Keep this result, Cancel), other paintings and strengths can be tried
+from it, and the results the photographer chooses are added as layers.
 
 This file registers the procedure and holds the run (``stylize_layer``); its rooms
 sit beside it, each importing only those below it:
 
 * with GIMP or GTK: ``nst_dialog.py`` (the dialog and its estimate),
-  ``nst_run_window.py`` (the run window, a view with no GIMP call) and
-  ``nst_layers.py`` (the layer's pixels in, the result layer out);
-* standard library only, tested outside GIMP: ``nst_run_state.py`` (what the run
-  window shows), ``nst_arguments.py`` (the arguments, from the shared knobs),
+  ``nst_run_window.py`` (the session window, a view with no GIMP call) and
+  ``nst_layers.py`` (the layer's pixels in, the result layer out, recipes back);
+* standard library only, tested outside GIMP: ``nst_session.py`` (the takes of a
+  session), ``nst_run_state.py`` (what the window shows of a run),
+  ``nst_arguments.py`` (the arguments, from the shared knobs), ``nst_recipe.py``
+  (a result's recipe), ``nst_recent.py`` (the paintings used last),
   ``nst_estimates.py`` (time estimates), ``nst_client.py`` (one run through the
   engine), ``nst_config.py`` (where the engine runs) and ``nst_messages.py`` (what
   the photographer reads, through ``_()``).
@@ -39,6 +42,7 @@ import nst_config  # noqa: E402
 import nst_estimates  # noqa: E402
 import nst_layers  # noqa: E402
 import nst_recent  # noqa: E402
+import nst_session  # noqa: E402
 from nst_client import Cancelled  # noqa: E402
 from nst_layers import Failure  # noqa: E402
 from nst_messages import ClientError, _, user_message  # noqa: E402
@@ -68,53 +72,91 @@ def chosen_style(style_file, style_layer):
 
 
 def stylize_layer(image, drawables, style, painting, settings, interactive):
-    """The whole run: read the layer, call the engine, add the result as a new layer."""
+    """The whole run: read the layer, call the engine, add the result as a new layer —
+    or, interactive, the session window, where the photographer adds the results
+    chosen. Cancelled when nothing was added."""
     ok_at = time.monotonic()
     drawable = nst_layers.check_target(image, drawables)
     region = nst_layers.selected_region(drawable)
     x, y, width, height = region
     command, host = nst_config.engine_command(PLUGIN_DIR)
     fmt, channels = nst_layers.pixel_format(drawable)
+    shape = (height, width, channels)
     Gimp.progress_init(_("Neural style transfer: reading the layer"))
     try:
-        speed = nst_estimates.SpeedLog()
         # Started first: the engine (or its connection to the warm one) gets ready
         # while GIMP reads the layer, and the fork is of a process without it.
-        run = nst_client.EngineRun(command, None, host)
+        first_run = nst_client.EngineRun(command, None, host)
         try:
             pixels = nst_layers.read_pixels(drawable, region, fmt)
         except BaseException:
-            run.abandon()
+            first_run.abandon()
             raise
         nst_estimates.timing("layer read", ok_at)
-        run.send_request(settings, pixels, (height, width, channels), style,
-                         PREVIEW_INTERVAL_S if interactive else 0.0)
-        del pixels
         calibration = nst_estimates.load_calibration(CALIBRATION)
-        if interactive:
-            from nst_run_window import RunWindow
 
-            result = RunWindow(run, speed, style.name, ok_at,
-                               show_step_in_gimp, PROC_NAME, calibration).run()
-        else:
-            result = run_with_progress_bar(run, speed, calibration)
-        speed.report()
-        measured = speed.calibration()
-        if measured:
-            nst_estimates.save_calibration(CALIBRATION, measured)
-        data, shape = result["payload"], tuple(result["shape"])
-        if shape != (height, width, channels):
-            raise Failure(_("The engine returned an array of shape {shape}, expected "
-                            "{expected}.").format(shape=shape,
-                                                  expected=(height, width, channels)))
-        Gimp.progress_set_text(_("Neural style transfer: adding the layer"))
-        nst_layers.add_result_layer(image, drawable, painting, region, fmt, data, settings,
-                                    run.started)
-        if painting.file:
-            nst_recent.remember_painting(RECENT, painting.file)
-        nst_estimates.timing("layer added", ok_at)
+        def add(take):
+            data = take.result["payload"]
+            if tuple(take.result["shape"]) != shape:
+                raise ClientError("internal", _(
+                    "The engine returned an array of shape {shape}, expected {expected}."
+                ).format(shape=tuple(take.result["shape"]), expected=shape))
+            Gimp.progress_set_text(_("Neural style transfer: adding the layer"))
+            nst_layers.add_result_layer(image, drawable, take.painting, region, fmt, data,
+                                        take.settings, take.started)
+            if take.painting.file:
+                nst_recent.remember_painting(RECENT, take.painting.file)
+            nst_estimates.timing("layer added", ok_at)
+
+        if not interactive:
+            speed = nst_estimates.SpeedLog()
+            first_run.send_request(settings, pixels, shape, style)
+            del pixels
+            result = run_with_progress_bar(first_run, speed, calibration)
+            remember_speed(speed)
+            take = nst_session.Take(1, settings, style, painting, result=result,
+                                    started=first_run.started)
+            add(take)
+            return
+        session = nst_session.Session()
+        session.ask(settings, style, painting)
+        prestarted = [first_run]
+
+        def paint(take):
+            run = prestarted.pop() if prestarted else nst_client.EngineRun(command, None, host)
+            start = take.finishes
+            run.send_request(take.settings, pixels, shape, take.style, PREVIEW_INTERVAL_S,
+                             start.result["payload"] if start else None,
+                             start.worked_to if start else 0)
+            return run
+
+        def take_ended(take, speed):
+            remember_speed(speed)
+
+        def style_from_file(path):
+            try:
+                return chosen_style(Gio.File.new_for_path(path), None)
+            except Failure as failure:
+                raise ClientError("bad_input", str(failure)) from None
+
+        from nst_run_window import SessionWindow
+
+        window = SessionWindow(
+            session, paint, add, style_from_file, take_ended,
+            show_step_in_gimp, nst_layers.photo_thumbnail(drawable, region),
+            painting.file, PROC_NAME, calibration, first_run.where, ok_at)
+        if not window.run():
+            raise Cancelled()
     finally:
         Gimp.progress_end()
+
+
+def remember_speed(speed) -> None:
+    """A run's speed, measured, for the next estimates (``nst_estimates``)."""
+    speed.report()
+    measured = speed.calibration()
+    if measured:
+        nst_estimates.save_calibration(CALIBRATION, measured)
 
 
 def show_step_in_gimp(state):

@@ -182,14 +182,19 @@ class EngineRun:
         return self.process.stdout.fileno()
 
     def send_request(self, settings: dict, content: bytes, shape: tuple, style: Style,
-                     preview_interval_s: float = 0.0) -> None:
-        """The ``run`` message with the layer (native float32) and the style."""
+                     preview_interval_s: float = 0.0, start: bytes | None = None,
+                     worked_to: int = 0) -> None:
+        """The ``run`` message with the layer (native float32) and the style; ``start``:
+        an earlier result of the layer (the same shape) to start from, worked out at
+        ``worked_to`` px (a quick look finished)."""
         content = little_endian(content)
         self.most_payload = len(content) + PREVIEW_SLACK
         run = {"type": "run", "protocol": PROTOCOL, "settings": settings,
                "preview_interval_s": preview_interval_s, "styles": 1,
                "heartbeat_s": CLIENT_HEARTBEAT_S,
                "content": {"shape": list(shape), "dtype": "<f4"}, "bytes": len(content)}
+        if start is not None:
+            run["start"] = {"shape": list(shape), "dtype": "<f4", "worked_to": worked_to}
         painting = style.data if style.shape is None else little_endian(style.data)
         try:
             with self._writing:
@@ -197,6 +202,9 @@ class EngineRun:
                 self.process.stdin.write(content)  # not joined: no copy of the layer
                 self.process.stdin.write(encode(style.message()))
                 self.process.stdin.write(painting)
+                if start is not None:
+                    self.process.stdin.write(encode({"type": "start", "bytes": len(start)}))
+                    self.process.stdin.write(little_endian(start))
                 self.process.stdin.flush()
         except (OSError, ValueError):
             return  # the engine has gone: its events and exit status will say why

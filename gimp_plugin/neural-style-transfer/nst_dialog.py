@@ -14,10 +14,9 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
-gi.require_version("GdkPixbuf", "2.0")
 import nst_estimates  # noqa: E402
-from gi.repository import GdkPixbuf, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E402
-from nst_arguments import STYLE_IMAGE_SUFFIXES, arguments, settings_from_config  # noqa: E402
+from gi.repository import Gimp, GimpUi, Gio, GObject, Gtk  # noqa: E402
+from nst_arguments import arguments, settings_from_config  # noqa: E402
 from nst_config import DEVICES  # noqa: E402
 from nst_layers import painting_name  # noqa: E402
 from nst_messages import (  # noqa: E402
@@ -28,10 +27,10 @@ from nst_messages import (  # noqa: E402
     format_refinement,
     format_style_layer,
 )
+from nst_run_window import add_image_filters, load_thumbnail  # noqa: E402
 
 THUMBNAIL_PX = 96  # the chosen painting under its chooser
 RECENT_PX = 40  # each of the paintings used last
-CHOOSER_PREVIEW_PX = 160  # the painting under the pointer in the file chooser
 
 
 def show_dialog(procedure, config, drawables, plugin_name: str,
@@ -138,43 +137,11 @@ def recent_strip(config, recent: list[str]) -> Gtk.Widget:
 
 
 def offer_images(chooser) -> None:
-    """The style chooser's dialog lists the images the engine reads first (all files a
-    click away) and shows the painting under the pointer. GIMP's file chooser holds a
-    ``Gtk.FileChooserButton`` (GIMP 3.0 and 3.2); should a later GIMP hold something
-    else, the chooser stays as GIMP made it."""
+    """The style chooser's dialog lists the images the engine reads first and shows the
+    painting under the pointer. GIMP's file chooser holds a ``Gtk.FileChooserButton``
+    (GIMP 3.0 and 3.2); should a later GIMP hold something else, the chooser stays as
+    GIMP made it."""
     button = next((child for child in chooser.get_children()
                    if isinstance(child, Gtk.FileChooserButton)), None)
-    if button is None:
-        return
-    images = Gtk.FileFilter()
-    images.set_name(_("Images ({types})").format(
-        types=", ".join(f"*{suffix}" for suffix in STYLE_IMAGE_SUFFIXES)))
-    for suffix in STYLE_IMAGE_SUFFIXES:
-        images.add_pattern(f"*{suffix}")
-        images.add_pattern(f"*{suffix.upper()}")
-    everything = Gtk.FileFilter()
-    everything.set_name(_("All files"))
-    everything.add_pattern("*")
-    button.add_filter(images)
-    button.add_filter(everything)
-    button.set_filter(images)
-    preview = Gtk.Image()
-    button.set_preview_widget(preview)
-
-    def show_pointed(*_args) -> None:
-        shown = load_thumbnail(button.get_preview_filename(), CHOOSER_PREVIEW_PX)
-        preview.set_from_pixbuf(shown)
-        button.set_preview_widget_active(shown is not None)
-
-    button.connect("update-preview", show_pointed)
-
-
-def load_thumbnail(path: str | None, size: int):
-    """The image at ``path`` fitted into ``size`` pixels, or None where GTK cannot read
-    it (no file, a folder, a 16-bit TIFF its loaders refuse): then none is shown."""
-    if not path:
-        return None
-    try:
-        return GdkPixbuf.Pixbuf.new_from_file_at_scale(path, size, size, True)
-    except GLib.Error:
-        return None
+    if button is not None:
+        add_image_filters(button)

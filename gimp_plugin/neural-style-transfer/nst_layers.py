@@ -56,6 +56,18 @@ def selected_region(drawable) -> tuple[int, int, int, int]:
     return x, y, width, height
 
 
+def photo_thumbnail(drawable, region, side: int = 640):
+    """The painted part of the layer as a pixbuf at most ``side`` pixels across (GEGL
+    scales it down as it reads): the session window's before."""
+    x, y, width, height = region
+    scale = min(1.0, side / max(width, height))
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    rect = Gegl.Rectangle.new(int(x * scale), int(y * scale), w, h)
+    data = drawable.get_buffer().get(rect, scale, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
+    return GdkPixbuf.Pixbuf.new_from_bytes(GLib.Bytes.new(bytes(data)),
+                                           GdkPixbuf.Colorspace.RGB, True, 8, w, h, w * 4)
+
+
 def read_pixels(drawable, region, fmt: str) -> bytes:
     x, y, width, height = region
     rect = Gegl.Rectangle.new(x, y, width, height)

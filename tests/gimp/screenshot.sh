@@ -156,6 +156,19 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
 fi
 sleep "${NST_SHOT_RUN_WAIT:-45}"
 import -display "$display" -window root "$out/run-window-gimp-$version.png"
+# NST_SHOT_AFTER="click X Y;ctrl X Y;wait S;shot NAME;…": what a photographer does in
+# the session window then, one step after another (shot: NAME-gimp-V.png).
+IFS=';' read -ra steps <<< "${NST_SHOT_AFTER:-}"
+for step in "${steps[@]}"; do
+  read -ra words <<< "$step"
+  case "${words[0]:-}" in
+    click) DISPLAY=$display xdotool mousemove "${words[1]}" "${words[2]}" click 1; sleep 1 ;;
+    ctrl) DISPLAY=$display xdotool mousemove "${words[1]}" "${words[2]}" keydown ctrl \
+            click 1 keyup ctrl; sleep 1 ;;
+    wait) sleep "${words[1]}" ;;
+    shot) import -display "$display" -window root "$out/${words[1]}-gimp-$version.png" ;;
+  esac
+done
 if [ -n "${NST_SHOT_CANVAS_AT:-}" ]; then  # "x y": a click on the image window meanwhile
   DISPLAY=$display xdotool mousemove ${NST_SHOT_CANVAS_AT} click 1
   sleep 3
