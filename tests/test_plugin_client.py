@@ -644,11 +644,13 @@ def test_help_opens_the_plugins_own_page_which_explains_every_field():
 def test_a_recipe_reads_back_what_was_written_and_refuses_what_is_not_one():
     import nst_recipe
 
-    painting = nst_recipe.Painting("mosaic.jpg", "ab" * 32, "/photos/mosaic.jpg",
+    painting = nst_recipe.Painting("mosaïque – bleu.jpg", "ab" * 32,
+                                   "/photos/mosaïque – bleu.jpg",
                                    thumbnail_png=b"\x89PNG fake")
     data = nst_recipe.encode(12, "photo", painting, settings(), {
         "event": "started", "engine_version": "0.3.0", "device": "cpu",
         "precision": "bf16", "weights": "original", "width": 40})
+    assert data.isascii()  # GIMP takes a parasite's bytes as signed chars
     recipe = nst_recipe.decode(data)
     assert recipe.source == 12 and recipe.source_name == "photo"
     assert recipe.painting == painting and recipe.settings == settings()

@@ -89,13 +89,19 @@ def painting_name(layer) -> str:
     """A style layer as a result's name says it: its image's file name when it is the
     image's only layer (an opened painting's layer is just "Background"), with the
     layer's name when there are others."""
-    file = layer.get_image().get_file()
+    file = image_file(layer.get_image())
     stem = os.path.splitext(file.get_basename())[0] if file is not None else ""
     if not stem:
         return layer.get_name() or _("Style layer")
     if len(layer.get_image().get_layers()) == 1 and layer.get_parent() is None:
         return stem
     return f"{stem} – {layer.get_name()}"
+
+
+def image_file(image):
+    """The file an image came from: its .xcf, or the file it was imported from (GIMP
+    3.0 gives only the latter for an opened JPEG or PNG); None for a new image."""
+    return image.get_file() or image.get_imported_file()
 
 
 def painting_of(style: Style, path: str | None = None, layer=None) -> nst_recipe.Painting:
@@ -111,7 +117,7 @@ def painting_of(style: Style, path: str | None = None, layer=None) -> nst_recipe
     except GLib.Error:  # a file GTK cannot read (the engine could): no thumbnail
         pass
     png = thumbnail.save_to_bufferv("png", [], [])[1] if thumbnail is not None else None
-    image = layer.get_image().get_file() if layer is not None else None
+    image = image_file(layer.get_image()) if layer is not None else None
     return nst_recipe.Painting(style.name, style.sha256, path,
                                layer.get_name() if layer is not None else None,
                                image.get_basename() if image is not None else None,
@@ -140,7 +146,7 @@ def from_recipe(image, result, recipe: nst_recipe.Recipe, config) -> tuple[list,
         found = painting.file
     elif painting.layer:
         for other in Gimp.get_images():
-            file = other.get_file()
+            file = image_file(other)
             if (file.get_basename() if file else None) != painting.image:
                 continue
             layer = next((item for item in other.get_layers()

@@ -48,7 +48,9 @@ def encode(source_tattoo: int, source_name: str, painting: Painting, settings: d
                          "device": started.get("device"),
                          "precision": started.get("precision"),
                          "weights": started.get("weights")}}
-    return json.dumps(recipe, ensure_ascii=False).encode("utf-8")
+    # ASCII: PyGObject hands a parasite's data to GIMP as signed chars (bytes over 127
+    # fail), so names with accents go as JSON escapes.
+    return json.dumps(recipe).encode("ascii")
 
 
 @dataclass(frozen=True)

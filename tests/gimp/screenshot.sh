@@ -95,9 +95,13 @@ if "${NST_SHOT_ON_RESULT:-}" == "1":  # the dialog on the first run's result: it
     image.set_selected_layers(image.get_layers()[:1])
 if "${NST_SHOT_SELECT:-}":  # "x,y,w,h": an ellipse the dialog then names
     image.select_ellipse(Gimp.ChannelOps.REPLACE, *map(int, "${NST_SHOT_SELECT:-}".split(",")))
+layers_before = [layer.get_name() for layer in image.get_layers()]
 call(Gimp.RunMode.${NST_SHOT_MODE:-INTERACTIVE}, detail="${NST_SHOT_DETAIL:-auto}",
      **{"max-size": ${NST_SHOT_MAX_SIZE:-0},
         "preserve-colors": "${NST_SHOT_KEEP_COLOURS:-}" == "1"})
+with open("$inside/layers.txt", "w") as handle:
+    handle.write("before: %s\nafter: %s\n" % (layers_before,
+                                            [layer.get_name() for layer in image.get_layers()]))
 PY
 run DISPLAY="$display" GIMP3_DIRECTORY="$inside/profile" timeout 900 "gimp-$version" \
   --no-splash --batch-interpreter=python-fu-eval \
@@ -156,8 +160,10 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
 fi
 sleep "${NST_SHOT_RUN_WAIT:-45}"
 import -display "$display" -window root "$out/run-window-gimp-$version.png"
-# NST_SHOT_AFTER="click X Y;ctrl X Y;wait S;shot NAME;…": what a photographer does in
-# the session window then, one step after another (shot: NAME-gimp-V.png).
+# NST_SHOT_AFTER="click X Y;ctrl X Y;wait S;shot NAME;focus TITLE;key KEYS;…": what a
+# photographer does in the session window then, one step after another (shot:
+# NAME-gimp-V.png; focus: the window whose title matches; key: xdotool's key names).
+# The image's layers once the plug-in has returned: layers-gimp-V.txt.
 IFS=';' read -ra steps <<< "${NST_SHOT_AFTER:-}"
 for step in "${steps[@]}"; do
   read -ra words <<< "$step"
@@ -166,6 +172,9 @@ for step in "${steps[@]}"; do
     ctrl) DISPLAY=$display xdotool mousemove "${words[1]}" "${words[2]}" keydown ctrl \
             click 1 keyup ctrl; sleep 1 ;;
     wait) sleep "${words[1]}" ;;
+    focus) window=$(DISPLAY=$display xdotool search --name "${words[*]:1}" 2>/dev/null | head -1)
+           [ -z "$window" ] || DISPLAY=$display xdotool windowfocus --sync "$window" || true ;;
+    key) DISPLAY=$display xdotool key --clearmodifiers "${words[1]}"; sleep 1 ;;
     shot) import -display "$display" -window root "$out/${words[1]}-gimp-$version.png" ;;
   esac
 done
@@ -176,4 +185,5 @@ if [ -n "${NST_SHOT_CANVAS_AT:-}" ]; then  # "x y": a click on the image window 
 fi
 grep -h "nst-timings" "$work/gimp.log" > "$out/timings-gimp-$version.txt" || true
 cp "$work/gimp.log" "$out/gimp-$version.log"
+[ ! -f "$work/layers.txt" ] || cp "$work/layers.txt" "$out/layers-gimp-$version.txt"
 echo "$out"
