@@ -160,9 +160,10 @@ if [ "${NST_SHOT_MODE:-INTERACTIVE}" = INTERACTIVE ]; then
 fi
 sleep "${NST_SHOT_RUN_WAIT:-45}"
 import -display "$display" -window root "$out/run-window-gimp-$version.png"
-# NST_SHOT_AFTER="click X Y;ctrl X Y;wait S;shot NAME;focus TITLE;key KEYS;…": what a
+# NST_SHOT_AFTER="click X Y;ctrl X Y;wait S;shot NAME;focus TITLE;key KEYS;move X Y
+# TITLE;…": what a
 # photographer does in the session window then, one step after another (shot:
-# NAME-gimp-V.png; focus: the window whose title matches; key: xdotool's key names).
+# NAME-gimp-V.png; focus, move: the window whose title matches; key: xdotool's keys).
 # The image's layers once the plug-in has returned: layers-gimp-V.txt.
 IFS=';' read -ra steps <<< "${NST_SHOT_AFTER:-}"
 for step in "${steps[@]}"; do
@@ -172,9 +173,14 @@ for step in "${steps[@]}"; do
     ctrl) DISPLAY=$display xdotool mousemove "${words[1]}" "${words[2]}" keydown ctrl \
             click 1 keyup ctrl; sleep 1 ;;
     wait) sleep "${words[1]}" ;;
-    focus) window=$(DISPLAY=$display xdotool search --name "${words[*]:1}" 2>/dev/null | head -1)
+    focus) window=$(DISPLAY=$display xdotool search --onlyvisible --name "${words[*]:1}" \
+             2>/dev/null | head -1)
            [ -z "$window" ] || DISPLAY=$display xdotool windowfocus --sync "$window" || true ;;
     key) DISPLAY=$display xdotool key --clearmodifiers "${words[1]}"; sleep 1 ;;
+    move) window=$(DISPLAY=$display xdotool search --onlyvisible --name "${words[*]:3}" \
+            2>/dev/null | head -1)
+          [ -z "$window" ] || DISPLAY=$display xdotool windowmove "$window" "${words[1]}" \
+            "${words[2]}" || true ;;
     shot) import -display "$display" -window root "$out/${words[1]}-gimp-$version.png" ;;
   esac
 done
