@@ -7,7 +7,6 @@ result's recipe taken back into a run."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import gi
@@ -18,7 +17,7 @@ gi.require_version("GdkPixbuf", "2.0")
 import nst_recipe  # noqa: E402
 from gi.repository import GdkPixbuf, Gegl, Gimp, Gio, GLib  # noqa: E402
 from nst_client import Style  # noqa: E402
-from nst_messages import _, result_name  # noqa: E402
+from nst_messages import ClientError, _, result_name  # noqa: E402
 
 THUMBNAIL_PX = 64  # the painting's thumbnail in a result's recipe
 
@@ -139,8 +138,8 @@ def from_recipe(image, result, recipe: nst_recipe.Recipe, config) -> tuple[list,
         config.set_property(name, value)
     painting = recipe.painting
     found = None
-    if painting.file and os.path.isfile(painting.file) and _sha256(painting.file) == \
-            painting.sha256:
+    if painting.file and os.path.isfile(painting.file) and \
+            _same_file(painting.file, painting.sha256):
         config.set_property("style-file", Gio.File.new_for_path(painting.file))
         config.set_property("style-layer", None)
         found = painting.file
@@ -168,12 +167,11 @@ def from_recipe(image, result, recipe: nst_recipe.Recipe, config) -> tuple[list,
     return targets, note
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _same_file(path: str, sha256: str | None) -> bool:
+    try:
+        return Style.from_file(path).sha256 == sha256
+    except ClientError:  # unreadable now: as if it were gone
+        return False
 
 
 def made_from(layer, source) -> bool:
