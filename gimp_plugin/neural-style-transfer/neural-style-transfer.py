@@ -160,14 +160,14 @@ def remember_speed(speed) -> None:
 
 
 def show_step_in_gimp(state):
-    """GIMP's progress bar beside the run window's (``nst_run_state.RunState``)."""
+    """GIMP's progress bar beside the session window's (``nst_run_state.RunState``)."""
     Gimp.progress_update(state.fraction)
     Gimp.progress_set_text(state.progress_text)
 
 
 def run_with_progress_bar(run, speed, calibration):
     """A run without a window (scripts, batches): GIMP's progress bar shows the step
-    and the time left, worked out as the run window does (``RunState``)."""
+    and the time left, worked out as the session window does (``RunState``)."""
     Gimp.progress_set_text(_("Neural style transfer: starting the engine"))
     state = RunState(run.where, calibration)
 
@@ -246,7 +246,7 @@ class NeuralStyleTransfer(Gimp.PlugIn):
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, data):
-        # Repeat Last (WITH_LAST_VALS) skips the dialog, not the run window: a person
+        # Repeat Last (WITH_LAST_VALS) skips the dialog, not the session window: a person
         # started it and may want to Keep or Cancel.
         interactive = run_mode != Gimp.RunMode.NONINTERACTIVE
         try:
@@ -270,7 +270,7 @@ class NeuralStyleTransfer(Gimp.PlugIn):
             style, painting = chosen_style(config.get_property("style-file"),
                                            config.get_property("style-layer"))
             stylize_layer(image, drawables, style, painting, settings, interactive)
-        except Cancelled:  # in the run window: nothing is added
+        except Cancelled:  # the session window closed with nothing added
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except ClientError as error:
             return self.failed(procedure, user_message(error))

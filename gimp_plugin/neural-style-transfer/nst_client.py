@@ -42,7 +42,7 @@ from nst_contract.wire import (
     parse_message,
 )
 
-PAYLOAD_CHUNK = 16 << 20  # bytes of a payload read at once (the run window stays live)
+PAYLOAD_CHUNK = 16 << 20  # bytes of a payload read at once (the session window stays live)
 
 # Longer than this between two looks at the engine, and it was this process that did
 # not run (a stopped or hung GIMP): the engine's silence is counted from now.
@@ -54,7 +54,7 @@ TEMP_PREFIX = "nst-gimp-"
 
 
 class Cancelled(Exception):
-    """The photographer cancelled the run (in the run window); nothing is added."""
+    """Nothing was added: the session window closed without a result added."""
 
 
 @dataclass

@@ -72,7 +72,7 @@ def log_note(path: str | None) -> str:
 
 
 def device_name(device: str | None) -> str:
-    """``processor`` or ``GPU``, as the run window and the estimate name a device."""
+    """``processor`` or ``GPU``, as the session window and the estimate name a device."""
     return _(DEVICE_NAMES.get(device, N_("GPU")))
 
 

@@ -1,6 +1,6 @@
-"""What the run window shows, worked out from the engine's events and the
+"""What the session window shows of one run, worked out from its events and the
 photographer's clicks; standard library only (no GTK, no GIMP), so that it is tested
-outside GIMP. ``nst_run_window.RunWindow`` draws it."""
+outside GIMP. ``nst_run_window.SessionWindow`` draws it."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from nst_messages import _, device_name, format_eta, ngettext
 
 @dataclass
 class RunState:
-    """The run window's texts and buttons; ``where`` names the engine's machine, and
-    ``calibration`` (``nst_estimates``) what runs here measured: with it, the
-    remaining time is what a run typically takes, not the step cap's."""
+    """The session window's texts and buttons for one run; ``where`` names the
+    engine's machine, and ``calibration`` (``nst_estimates``) what runs here measured:
+    with it, the remaining time is what a run typically takes, not the step cap's."""
 
     where: str
     calibration: dict | None = None
