@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Screenshots of the plug-in in a real GIMP 3 under Xvfb, for the docs: the dialog with
-# its time estimate, then the run window with the picture forming.
+# its time estimate, then the session window with the picture forming, and what a
+# photographer does there (NST_SHOT_AFTER).
 #   tests/gimp/screenshot.sh 3.0|3.2 OUTDIR PHOTO STYLE [WEIGHTS_DIR]
-# Needs root, Xvfb, xdotool and ImageMagick's import on the host, and a root from
-# provision.sh. WEIGHTS_DIR holds vgg19-original.pth (real weights: real looks).
+# Needs root, Xvfb, xdotool and ImageMagick's import on the host (and openbox for
+# NST_SHOT_WM), and a root from provision.sh. WEIGHTS_DIR holds vgg19-original.pth (real weights: real looks).
 # Writes OUTDIR/dialog-gimp-V.png, OUTDIR/run-window-gimp-V.png and the timings
 # the plug-in printed (OUTDIR/timings-gimp-V.txt). NST_SHOT_DETAIL (auto, working, full)
 # and NST_SHOT_MAX_SIZE (0: automatic) preset the dialog; NST_SHOT_RUN_WAIT is how
