@@ -28,6 +28,8 @@ Usage: ./install.sh [options]
   --no-weights         skip the weights step
   --no-speed-test      skip the short speed test that gives the dialog its estimate
                        before the first run
+  --with-ray           also install Ray, for nst-engine batch --ray (README, Batches);
+                       every node of the cluster needs the engine installed this way
   --gimp-profile DIR   install into this GIMP profile only (default: every GIMP 3
                        profile found)
   --remote USER@HOST   run the engine on that machine over SSH (it needs
@@ -50,6 +52,7 @@ warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 python_arg="" venv="" torch_index="" weights_file="" tv_weights=0 no_weights=0 speed_test=1
+with_ray=0
 engine_devices=""
 profiles_arg=() mode=install purge=0 remote_host=unset remote_python=""
 while [ $# -gt 0 ]; do
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
     --torchvision-weights) tv_weights=1; shift ;;
     --no-weights) no_weights=1; shift ;;
     --no-speed-test) speed_test=0; shift ;;
+    --with-ray) with_ray=1; shift ;;
     --gimp-profile) profiles_arg+=("${2:?--gimp-profile needs a folder}"); shift 2 ;;
     --remote) remote_host=${2?--remote needs USER@HOST}; shift 2 ;;
     --remote-python) remote_python=${2:?--remote-python needs a path}; shift 2 ;;
@@ -395,7 +399,8 @@ if [ -n "$python_arg" ]; then
   # Keep the interpreter's own torch stack: add only the small libraries it lacks,
   # without letting pip re-resolve (and re-download) torch's requirements.
   missing=()
-  for pair in PIL:pillow numpy:numpy png:pypng tifffile:tifffile torchvision:torchvision; do
+  for pair in PIL:pillow numpy:numpy png:pypng tifffile:tifffile torchvision:torchvision \
+      tqdm:tqdm; do
     "$engine_python" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -406,6 +411,11 @@ if [ -n "$python_arg" ]; then
 fi
 "${pip[@]}" install "${install_opts[@]}" "$SRC" \
   || die "pip could not install the engine from $SRC"
+
+if [ $with_ray -eq 1 ]; then
+  say "installing Ray (for nst-engine batch --ray)"
+  "${pip[@]}" install --quiet 'ray>=2.59' || die "pip could not install Ray"
+fi
 
 # 2. Weights. A failure here does not stop the rest.
 if [ $no_weights -eq 1 ]; then

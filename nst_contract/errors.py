@@ -12,6 +12,7 @@ EXIT_CODES = {
     "no_weights": 3,
     "out_of_memory": 4,
     "cancelled": 5,
+    "photos_failed": 6,  # batch: every other photo was painted; the failures are listed
 }
 
 

@@ -1,4 +1,4 @@
-"""``python -m nst_engine`` / ``nst-engine``: stylize, weights, stream, serve, connect.
+"""``python -m nst_engine`` / ``nst-engine``: stylize, batch, weights, stream, serve, connect.
 
 torch is imported only by the commands that paint in this process: ``--help``,
 usage errors, ``weights status`` and a ``stylize`` that a running warm engine
@@ -75,13 +75,48 @@ def _add_stylize(sub) -> None:
                    help="where to write the result: .png, .tif or .jpg (16-bit input stays "
                    "16-bit in PNG and TIFF)")
     _add_settings(p)
+    _add_running(p)
+
+
+def _add_running(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-service", action="store_true",
                    help="run here even when a warm engine service is running (by default "
-                   "a running one is used: no start-up per photo in a batch)")
+                   "a running one is used: no start-up per photo)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                    help="bar: a progress bar on the terminal; json: the protocol's events "
                    "(docs/protocol.md), one JSON object per line on stdout, for programs "
                    "(default: bar on a terminal)")
+
+
+def _add_batch(sub) -> None:
+    p = sub.add_parser(
+        "batch", help="paint a whole series of photos with one look",
+        description="Paint every PHOTO (and every photo directly in each FOLDER) in the "
+        "style of STYLE, one result per photo in OUT_FOLDER, named after the photo. The "
+        "network and the style targets load once. A batch started again goes on where it "
+        "stopped (OUT_FOLDER/.nst-batch.json records the settings and what is done); a "
+        "photo that fails is reported and the batch goes on.",
+        epilog=f"exit codes: 0 every photo painted or skipped, "
+        f"{EXIT_CODES['photos_failed']} some photos failed (listed), "
+        f"{EXIT_CODES['cancelled']} stopped (what was painted is kept), "
+        f"{EXIT_CODES['bad_input']} the batch could not start",
+    )
+    p.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO or FOLDER",
+                   help="photos (PNG, JPEG, TIFF or WebP), or folders of them")
+    p.add_argument("--style", type=Path, nargs="+", required=True, dest="styles",
+                   metavar="STYLE", help="one or more style images (paintings)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_FOLDER",
+                   help="folder for the results (made when missing)")
+    p.add_argument("--format", choices=("png", "tif", "jpg"),
+                   help="the results' file type (default: each photo's own; WebP gives PNG)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="paint every photo again, replacing existing results")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="paint on the Ray cluster at ADDRESS (host:port; auto: $RAY_ADDRESS): "
+                   "one painter per GPU, or per machine on clusters without GPUs. Needs "
+                   "pip install 'nst-engine[ray]' here and nst-engine on every node")
+    _add_settings(p)
+    _add_running(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_stylize(sub)
+    _add_batch(sub)
 
     w = sub.add_parser("weights", help="download, import or check the VGG19 weights")
     wsub = w.add_subparsers(dest="action", required=True)
@@ -166,6 +202,18 @@ def _stylize(args, control: Control, emit: Emitter) -> int:
     return 0
 
 
+def _batch(args, control: Control, emit: Emitter) -> int:
+    from .batch import run_batch  # no torch until a photo is painted here
+
+    values = {key: getattr(args, key) for key in KNOBS if getattr(args, key) is not None}
+    # The weights chosen here, for every photo and every node of a cluster alike.
+    values["weights"] = weights.chosen(values.get("weights"))
+    return run_batch(args.inputs, args.styles, args.output, Settings.from_dict(values),
+                     fmt=args.format, overwrite=args.overwrite, ray_address=args.ray,
+                     use_service=not args.no_service, progress=args.progress, emit=emit,
+                     control=control)
+
+
 def _weights(args) -> int:
     if args.action == "download":
         if args.source == "original":
@@ -222,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "stylize":
             return _stylize(args, control, emit)
+        if args.command == "batch":
+            return _batch(args, control, emit)
         if args.command == "weights":
             return _weights(args)
         if args.command == "serve":

@@ -47,11 +47,15 @@ def pick(name: str) -> torch.device:
 
 def usable_cpus() -> int:
     """CPUs this process may really use: its affinity mask, capped by a cgroup v2
-    CPU quota (containers), not the machine's count."""
+    CPU quota (containers) and by OMP_NUM_THREADS where set (Ray sets it to the CPUs
+    it gave a worker), not the machine's count."""
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         count = os.cpu_count() or 1
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        count = min(count, int(threads))
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         if quota != "max":
