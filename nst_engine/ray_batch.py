@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections import deque
@@ -119,12 +120,17 @@ def connect(address: str):
 def paint_on_ray(plan: Plan, settings: Settings, style_paths: list[Path], address: str,
                  emit: Emit, control: Control) -> Iterator[Outcome]:
     """Paints ``plan.todo`` on the cluster, yielding each photo's outcome as it comes."""
-    ray = connect(address)
+    # Ray prints its cluster's news (a node lost, …) to sys.stdout, where --progress
+    # json's events go (written to the stream itself, not through sys.stdout): to stderr.
+    stdout, sys.stdout = sys.stdout, sys.stderr
     try:
-        pool = _Pool(ray, settings, style_paths)
-        yield from pool.paint(plan, emit, control)
+        ray = connect(address)
+        try:
+            yield from _Pool(ray, settings, style_paths).paint(plan, emit, control)
+        finally:
+            ray.shutdown()  # this driver's painters end with it
     finally:
-        ray.shutdown()  # this driver's painters end with it
+        sys.stdout = stdout
 
 
 class _Pool:
