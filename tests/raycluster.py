@@ -53,6 +53,17 @@ class Namespace:
         return ["nsenter", f"--target={self.pid}", "--net", "--pid", "--mount",
                 f"--wd={os.getcwd()}", "--", *argv]
 
+    @staticmethod
+    def child_of(pid: int) -> int:
+        """The process ``nsenter`` (pid) started in the namespace."""
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split():
+            if time.monotonic() > deadline:
+                raise LookupError(f"{pid} started nothing")
+            time.sleep(0.02)
+        return int(children.read_text().split()[0])
+
     def close(self) -> None:
         try:
             os.kill(self.pid, signal.SIGKILL)  # the namespace's init: all in it end
@@ -139,6 +150,11 @@ class RayCluster:
             if argv and argv[0].startswith("ray::Painter.paint") and _parent(pid) == raylet:
                 return pid
         return None
+
+    def painters(self) -> list[int]:
+        """The host's pids of the painters alive on the cluster (either node)."""
+        return [pid for pid in _pids()
+                if (_cmdline(pid) or [""])[0].startswith("ray::Painter")]
 
     def close(self) -> None:
         self.namespace.close()

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.gimp
 
 SCENARIOS = ["registration", "basic", "deep", "float", "gray", "selection", "missing_style",
              "bad_style", "group", "two_layers", "killed", "kept_early", "refined",
-             "linear_wide_gamut", "series", "style_from_layer", "recipe"]
+             "linear_wide_gamut", "series", "style_from_layer", "recipe", "batch_of_three"]
 SCENARIO_FUNCS = {"float": "deep_float_levels", "group": "in_group"}
 
 
@@ -291,6 +291,22 @@ def test_a_series_of_results_stacks_newest_on_top_and_leaves_the_photo_active(re
     assert recipe["style"]["name"] == "style-painting.png" and run["persistent"]
     assert recipe["settings"]["style_strength"] == 0.8
     assert recipe["settings"]["preserve_colors"] is True
+
+
+def test_gimps_batch_tools_can_run_the_filter_over_several_images(results):
+    """Three images in one gimp-console session, non-interactively, through the warm
+    engine: each gets its result layer and nothing else (the result is added in one
+    undo group on its own image), the photo unchanged and still the active layer."""
+    run = get(results, "batch_of_three")
+    assert [status for status, _ in run["outcomes"]] == ["success"] * 3, run
+    for index, image in enumerate(run["images"]):
+        assert image["stack"] == ["style-painting (strength 0.7)", "photo"], image
+        assert image["size"] == [64 + 8 * index, 48]
+        assert image["photo_unchanged"] and image["selected"] == ["photo"]
+        assert image["dirty"]  # the result is an undo step of that image
+    assert run["bystander"] == {"stack": ["photo"], "dirty": False}
+    # one warm engine painted all three (the service outlives each run)
+    assert len(run["services"][0]) == 1 and run["services"] == [run["services"][0]] * 3
 
 
 def test_a_results_recipe_survives_the_xcf_and_paints_its_photo_again(results):

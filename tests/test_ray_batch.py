@@ -118,3 +118,35 @@ def test_without_ray_installed_the_option_says_how_to_get_it(painting, tmp_path)
                  env={**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])})
     assert done.returncode == EXIT_CODES["bad_input"]
     assert "pip install 'nst-engine[ray]'" in done.stderr
+
+
+def test_ctrl_c_stops_the_clusters_work_and_keeps_what_was_painted(cluster, painting,
+                                                                   tmp_path):
+    photos = make_photos(tmp_path / "shoot", 8)
+    out = tmp_path / "out"
+    process = cluster.popen(
+        [sys.executable, "-m", "nst_engine", "batch", *map(str, photos), "--style",
+         str(painting), "-o", str(out), "--max-size", "64", "--iterations", "40",
+         "--no-converge", "--device", "cpu", "--ray", cluster.address, "--progress", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    painted = []
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == "photo":
+            painted.append(Path(event["output"]).name)
+            driver = cluster.namespace.child_of(process.pid)  # nsenter's: the batch
+            os.kill(driver, signal.SIGINT)
+            break
+    rest, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_CODES["cancelled"], stderr
+    assert "photos painted are kept" in stderr and "Traceback" not in stderr
+    for line in rest.splitlines():  # a photo that ended meanwhile counts as painted
+        event = json.loads(line)
+        if event["event"] == "photo" and event["status"] == "done":
+            painted.append(Path(event["output"]).name)
+    assert results(out) == [".nst-batch.json", *sorted(painted)]
+    assert len(painted) < len(photos)
+    deadline = time.monotonic() + 30  # the painters are gone: no work goes on there
+    while cluster.painters() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cluster.painters() == []

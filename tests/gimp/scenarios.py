@@ -203,6 +203,48 @@ def series():
     image.delete()
 
 
+def engine_services():
+    """The warm engine services running now (process ids), seen from GIMP's side."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    args = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if b"nst_engine" in args and b"serve" in args:
+                found.add(int(entry))
+    return sorted(found)
+
+
+def batch_of_three():
+    """GIMP's own batch tools (Batcher) call the filter non-interactively, image after
+    image in one session: three images, each its result and nothing else, the photo
+    unchanged and active, all painted by one warm engine; a fourth image untouched."""
+    images, outcomes, services = [], [], []
+    for index in range(3):
+        image, layer = make_image(64 + 8 * index, 48)
+        image.clean_all()
+        images.append((image, layer, pixels(layer)))
+    bystander, _ = make_image()
+    bystander.clean_all()
+    for image, layer, _ in images:
+        outcomes.append(run(image, [layer], **{"style-strength": 0.7}))
+        services.append(engine_services())
+    report("batch_of_three", outcomes=outcomes, services=services,
+           images=[{"stack": stack(image), "dirty": image.is_dirty(),
+                    "photo_unchanged": pixels(layer).tobytes() == before.tobytes(),
+                    "selected": [item.get_name() for item in image.get_selected_layers()],
+                    "size": [image.get_layers()[0].get_width(),
+                             image.get_layers()[0].get_height()]}
+                   for image, layer, before in images],
+           bystander={"stack": stack(bystander), "dirty": bystander.is_dirty()})
+    for image, _, _ in images:
+        image.delete()
+    bystander.delete()
+
+
 def recipe():
     """A result's recipe survives an .xcf saved and opened again, and a run from it
     (what the dialog opens with on a result layer) paints the photo again with the
