@@ -5,12 +5,15 @@ here (tests/raycluster.py: its own network namespace, one CPU a node; needs root
 Then the resident memory of one longer ``batch``, after every photo.
 
     python benchmarks/batches.py PHOTO PAINTING [--photos 20] [--size 256]
-                                 [--rss-photos 50] [--skip-ray]
+                                 [--rss-photos 50] [--rss-iterations 40] [--skip-ray]
 
 The photos are ``--photos`` different crops of PHOTO, ``--size`` pixels on their long
 side; every way paints them with the default settings (the working size is then the
-photo's). The engine must have the real weights (NST_DATA_DIR), as a photographer's
-has. Prints JSON lines: photos per minute for each way, and the RSS curve.
+photo's). The memory batch paints ``--rss-photos`` crops with ``--rss-iterations``
+steps each (what is measured is whether memory grows from photo to photo, not how
+long a photo takes). The engine must have the real weights (NST_DATA_DIR), as a
+photographer's has. Prints JSON lines: photos per minute for each way, and the RSS
+curve.
 """
 
 from __future__ import annotations
@@ -74,11 +77,13 @@ def one_batch(photos: list[Path], painting: Path, out: Path, env: dict, run=None
     return time.monotonic() - start
 
 
-def rss_curve(photos: list[Path], painting: Path, out: Path, env: dict) -> dict:
+def rss_curve(photos: list[Path], painting: Path, out: Path, env: dict,
+              iterations: int) -> dict:
     """VmRSS after every photo of one batch, and its peak (polled every 0.1 s)."""
     process = subprocess.Popen([*ENGINE, "batch", str(photos[0].parent), "--style",
                                 str(painting), "-o", str(out), "--no-service", "--progress",
-                                "json"], env=env, stdout=subprocess.PIPE, text=True)
+                                "json", "--iterations", str(iterations)], env=env,
+                               stdout=subprocess.PIPE, text=True)
     peak = [0]
 
     def rss() -> int:
@@ -111,6 +116,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=20)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rss-photos", type=int, default=50)
+    parser.add_argument("--rss-iterations", type=int, default=40)
     parser.add_argument("--skip-ray", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nst-batches-") as scratch:
@@ -138,8 +144,10 @@ def main() -> None:
                               "photos_per_minute": round(60 * len(photos) / spent, 2)}),
                   flush=True)
         many = make_photos(args.photo, scratch / "many", args.rss_photos, args.size)
-        print(json.dumps({"rss": rss_curve(many, args.painting, scratch / "rss", env),
-                          "photos": len(many), "size": args.size}), flush=True)
+        print(json.dumps({"rss": rss_curve(many, args.painting, scratch / "rss", env,
+                                           args.rss_iterations),
+                          "photos": len(many), "size": args.size,
+                          "iterations": args.rss_iterations}), flush=True)
 
 
 def _on(cluster: RayCluster):

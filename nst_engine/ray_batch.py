@@ -31,7 +31,7 @@ from nst_contract.errors import EngineError, bad_input
 from nst_contract.knobs import Settings
 
 from . import __version__
-from .batch import Outcome, Photo, Plan, failure
+from .batch_plan import Outcome, Photo, Plan, failure
 from .control import Control
 from .files import atomic_path
 
