@@ -23,6 +23,7 @@ MAX_SEED = 2**31 - 1  # GIMP's int arguments are 32-bit
 AUTO_SIZE = 0  # max_size 0 (or None): the engine picks the working size
 DETAIL_CHOICES = ("auto", "working", "full")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
+STYLE_LOSSES = ("gram", "w2")
 DETAIL_STEPS = {"cpu": 10, "cuda": 30, "mps": 30}  # full-size refinement; docs/losses.md
 # A quick look (the plug-in's session window): enough of the painting's look to compare
 # paintings — a small working size, few steps, enlarged only. At 256 px 24 steps show
@@ -114,6 +115,10 @@ class Settings:
     style_weight: float | None = knob(
         None, float, "beta, the weight of the style loss; overrides the style strength",
         minimum=0.0, maximum=1e9, metavar="BETA", optional=True)
+    style_loss: str = knob(
+        "gram", str, "the style term: gram (Gatys et al.: the features' Gram matrices) or "
+        "w2 (the Wasserstein-2 distance between the features' means and covariances, as "
+        "crowsonkb/style-transfer-pytorch; docs/losses.md)", choices=STYLE_LOSSES)
     content_layer: str = knob(CONTENT_LAYER, str, "VGG19 layer for content", metavar="LAYER")
     style_layers: tuple[str, ...] = knob(
         STYLE_LAYERS, tuple, "VGG19 layers for style", metavar="L1,L2,…")

@@ -17,10 +17,11 @@ def style_digest(rgb) -> str:
     return hashlib.sha1(rgb.tobytes()).hexdigest()
 
 
-def style_key(digest: str, size: tuple[int, int], network_key: tuple) -> tuple:
-    """The one key of a painting's Gram targets: its pixels, the size they were resized
-    to, and the network that saw them."""
-    return digest, size, network_key
+def style_key(digest: str, size: tuple[int, int], network_key: tuple, style_loss: str) -> tuple:
+    """The one key of a painting's style targets: its pixels, the size they were resized
+    to, the network that saw them, and the style loss they are for (Grams, or Grams
+    and means)."""
+    return digest, size, network_key, style_loss
 
 
 class EngineCache:

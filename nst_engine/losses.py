@@ -1,4 +1,5 @@
-"""The objective: content, Gram style and total-variation losses, composed.
+"""The objective: content, style (Gram or Wasserstein-2) and total-variation losses,
+composed.
 
 All terms are made dimensionless so that one set of weights works at any image
 size and for any weight family; the exact formulas are in ``docs/losses.md``.
@@ -117,6 +118,80 @@ class StyleLoss(_RelativeLoss):
         return _GramDistance.apply(features, self.target, self.scale)
 
 
+class _TraceSqrt(torch.autograd.Function):
+    """``tr(M^½)`` of a symmetric positive semi-definite matrix, through its
+    eigenvalues; its gradient ``½ M^-½`` needs no eigenvector derivatives (which are
+    unstable where eigenvalues repeat). fp64 inside: eigenvalues of a covariance
+    span many orders of magnitude."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh(matrix.double())
+        values = values.clamp(min=values.max().clamp(min=EPS) * 1e-12)
+        ctx.save_for_backward(values, vectors)
+        ctx.dtype = matrix.dtype
+        return values.sqrt().sum().to(matrix.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        values, vectors = ctx.saved_tensors
+        half_inverse_root = (vectors * (0.5 / values.sqrt())) @ vectors.T
+        return (half_inverse_root * grad.double()).to(ctx.dtype)
+
+
+def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix.double())
+    return ((vectors * values.clamp(min=0).sqrt()) @ vectors.T).to(matrix.dtype)
+
+
+def moments(features: torch.Tensor) -> torch.Tensor:
+    """``(C+1)×C``: the Gram matrix (the features' second raw moment) and, as a last
+    row, their mean. Both are means over positions, so a blend of paintings is their
+    weighted mean, as for Grams alone (crowsonkb's style-transfer-pytorch blends the
+    same two)."""
+    flat = _flat(features)
+    return torch.cat([(flat @ flat.T) / flat.shape[1], flat.mean(1)[None]])
+
+
+W2_RIDGE = 1e-4  # added to covariances, relative to their mean variance: keeps them invertible
+
+
+class W2StyleLoss(nn.Module):
+    """``W2² / tr(A)``: the squared Wasserstein-2 distance between the Gaussians of the
+    features and of the painting's (means μ, covariances Σ),
+    ``|μ - μ_t|² + tr(Σ + Σ_t - 2 (Σ_t^½ Σ Σ_t^½)^½)``, relative to the painting's
+    energy ``tr(A) = E|f|²`` (A its Gram matrix), as the Gram loss is relative to its
+    Gram's. A departure from Gatys et al.: the style is matched as a distribution's
+    first two moments, not as correlations alone (docs/losses.md). The target is
+    :func:`moments`' ``(C+1)×C``."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        target = target.detach().double()
+        gram, mean = target[:-1], target[-1]
+        covariance = gram - torch.outer(mean, mean)
+        self.ridge = W2_RIDGE * float(torch.trace(covariance).clamp(min=EPS)) / len(mean)
+        covariance = covariance + self.ridge * torch.eye(len(mean), dtype=target.dtype)
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("root", _sqrtm(covariance).float())
+        self.register_buffer("trace", torch.trace(covariance).float())
+        self.scale = 1.0 / (float(torch.trace(gram)) + EPS)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the features (to be passed on through the network) and the loss."""
+        with torch.autocast(features.device.type, enabled=False):
+            flat = _flat(features)
+            mean = flat.mean(1)
+            centred = flat - mean[:, None]
+            covariance = centred @ centred.T / flat.shape[1]
+            covariance = covariance + self.ridge * torch.eye(
+                len(mean), device=flat.device, dtype=flat.dtype)
+            cross = _TraceSqrt.apply(self.root @ covariance @ self.root)
+            squared = ((mean - self.mean).pow(2).sum() + torch.trace(covariance)
+                       + self.trace - 2 * cross)
+        return features, squared * self.scale
+
+
 class TVLoss(nn.Module):
     """Mean squared difference between neighbouring pixels (RGB in [0, 1])."""
 
@@ -156,14 +231,18 @@ class Objective(nn.Module):
     def __init__(
         self,
         content_targets: Mapping[str, torch.Tensor],
-        style_grams: Mapping[str, torch.Tensor],
+        style_targets: Mapping[str, torch.Tensor],
         content_weight: float,
         style_weight: float,
         tv_weight: float,
+        style_loss: str = "gram",
     ) -> None:
+        """``style_targets``: per layer a Gram matrix (``gram``) or :func:`moments`
+        (``w2``), as ``Targets`` works them out for ``style_loss``."""
         super().__init__()
         self.content = nn.ModuleDict({k: ContentLoss(v) for k, v in content_targets.items()})
-        self.style = nn.ModuleDict({k: StyleLoss(v) for k, v in style_grams.items()})
+        kind = {"gram": StyleLoss, "w2": W2StyleLoss}[style_loss]
+        self.style = nn.ModuleDict({k: kind(v) for k, v in style_targets.items()})
         self.tv = TVLoss()
         self.range = RangePenalty()
         self.content_weight = content_weight

@@ -51,14 +51,15 @@ class Targets:
                 return self.grams(resize(style, *size), budget, control)
 
             if self.cache is not None and index < len(digests):
-                key = style_key(digests[index], size, self.network.key)
+                key = style_key(digests[index], size, self.network.key, s.style_loss)
                 grams.append(self.cache.gram(key, compute))
             else:
                 grams.append(compute())
         return blended_grams(grams, s.style_blend or (1.0,) * len(styles))
 
     def grams(self, image: torch.Tensor, budget: float, control: Control | None = None) -> dict:
-        """Gram matrices of ``image`` at the style layers.
+        """Gram matrices of ``image`` at the style layers; for the ``w2`` style loss
+        with the features' mean as a last row (``losses.moments``).
 
         A large image (a style image enlarged for a full-resolution scale) is run
         through the network in horizontal strips that fit ``budget`` bytes, each
@@ -71,6 +72,7 @@ class Targets:
         rows = plan.strip_rows(width, budget)
         margin = plan.STRIP_MARGIN
         sums = {name: 0.0 for name in layers}
+        totals = {name: 0.0 for name in layers}
         positions = dict.fromkeys(layers, 0)
         with torch.no_grad():
             for top in range(0, height, rows):
@@ -85,8 +87,12 @@ class Targets:
                     core = features[name][..., above // step:(above + bottom - top) // step, :]
                     flat = core.reshape(core.shape[1], -1).float()
                     sums[name] = sums[name] + flat @ flat.T
+                    totals[name] = totals[name] + flat.sum(1)
                     positions[name] += flat.shape[1]
                 del features  # before the next strip's pass
+        if self.settings.style_loss == "w2":
+            return {name: torch.cat([sums[name], totals[name][None]]) / positions[name]
+                    for name in layers}
         return {name: sums[name] / positions[name] for name in layers}
 
     def objective(self, content: torch.Tensor, grams: dict) -> Objective:
@@ -95,7 +101,7 @@ class Targets:
         with torch.no_grad():
             target = self.network.features(content)[s.content_layer]
         return Objective({s.content_layer: target}, grams, s.content_weight, s.beta,
-                         s.tv_weight).to(self.network.device)
+                         s.tv_weight, s.style_loss).to(self.network.device)
 
 
 def start_image(settings: Settings, content: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,21 @@ def test_stylize_writes_full_size_png(photo, painting, tmp_path):
         assert image.size == (96, 80)
 
 
+def test_the_w2_style_loss_paints_and_its_targets_have_means(photo, painting, tmp_path):
+    from nst_engine import Settings, StyleTransfer
+
+    out = tmp_path / "w2.png"
+    done = engine("stylize", str(photo), str(painting), "-o", str(out), *FAST,
+                  "--style-loss", "w2", "--progress", "json")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[-1]["event"] == "result" and events[-1]["steps"] == 3
+    assert all(np.isfinite(e["style_loss"]) for e in events if e["event"] == "progress")
+    targets = StyleTransfer(Settings(style_loss="w2", device="cpu")).targets
+    moments = targets.grams(torch.rand(1, 3, 48, 40), 1e9)
+    assert moments["relu1_1"].shape == (65, 64)  # the Gram, and the mean as a last row
+
+
 def test_json_progress_lines(photo, painting, tmp_path):
     done = engine("stylize", str(photo), str(painting), "-o", str(tmp_path / "o.tif"),
                   "--progress", "json", *FAST)

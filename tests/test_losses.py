@@ -8,8 +8,10 @@ from nst_engine.losses import (
     RangePenalty,
     StyleLoss,
     TVLoss,
+    W2StyleLoss,
     blended_grams,
     gram_matrix,
+    moments,
 )
 
 
@@ -91,6 +93,71 @@ def test_bf16_channels_last_style_loss_follows_the_fp32_formula(downstream):
     assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-2)
     relative = (fused.double() - expected).norm() / expected.norm()
     assert relative < 1e-2, float(relative)
+
+
+def test_moments_are_the_gram_and_the_mean():
+    features = torch.tensor([[1.0, 2, 0, 1], [0, 1, 1, 2]]).reshape(1, 2, 2, 2)
+    stacked = moments(features)
+    assert stacked.shape == (3, 2)
+    assert torch.allclose(stacked[:2], gram_matrix(features))
+    assert torch.allclose(stacked[2], torch.tensor([1.0, 1.0]))
+
+
+def test_w2_style_loss_by_hand_for_one_channel():
+    """For one channel the Wasserstein-2 distance between two Gaussians is
+    ``(μ - μ_t)² + (σ - σ_t)²``; the loss is that over the painting's E[f²]."""
+    style = torch.tensor([1.0, 3.0, 1.0, 3.0]).reshape(1, 1, 2, 2)  # μ 2, σ² 1, E f² 5
+    current = torch.tensor([0.0, 0.0, 0.0, 8.0]).reshape(1, 1, 2, 2)  # μ 2, σ² 12
+    loss_module = W2StyleLoss(moments(style).double())
+    ridge = loss_module.ridge  # the same small ridge added to both variances
+    passed_on, loss = loss_module(current)
+    expected = ((2 - 2) ** 2 + ((12 + ridge) ** 0.5 - (1 + ridge) ** 0.5) ** 2) / 5
+    assert passed_on is current
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    shifted = torch.tensor([2.0, 4.0, 2.0, 4.0]).reshape(1, 1, 2, 2)  # μ 3, σ² 1
+    assert loss_module(shifted)[1].item() == pytest.approx(1 / 5, rel=1e-5)
+
+
+def test_w2_style_loss_by_hand_for_two_channels():
+    """Diagonal covariances (two orthogonal zero-mean patterns): W2² is
+    ``|μ - μ_t|² + Σ_k (σ_k - σ_t,k)²``."""
+    a = torch.tensor([1.0, -1, 1, -1])
+    b = torch.tensor([1.0, 1, -1, -1])
+    style = torch.stack([a, 2 * b + 1]).reshape(1, 2, 2, 2)  # μ (0, 1), σ² (1, 4)
+    current = torch.stack([3 * a, b]).reshape(1, 2, 2, 2)  # μ (0, 0), σ² (9, 1)
+    loss_module = W2StyleLoss(moments(style).double())
+    r = loss_module.ridge
+    expected = (1 + ((9 + r) ** 0.5 - (1 + r) ** 0.5) ** 2
+                + ((1 + r) ** 0.5 - (4 + r) ** 0.5) ** 2) / (1 + 5)  # E|f|² = 1 + (4 + 1)
+    assert loss_module(current)[1].item() == pytest.approx(expected, rel=1e-5)
+    assert loss_module(style)[1].item() == pytest.approx(0, abs=1e-6)
+
+
+def test_w2_style_loss_gradient_is_the_formulas():
+    torch.manual_seed(0)
+    target = moments(torch.rand(1, 4, 5, 6).double())
+    x = torch.rand(1, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    loss_module = W2StyleLoss(target).double()
+    assert torch.autograd.gradcheck(lambda f: loss_module(f)[1], (x,))
+
+
+def test_w2_style_loss_takes_the_processors_bf16_features():
+    torch.manual_seed(2)
+    target = moments(torch.rand(1, 16, 12, 10))
+    start = torch.rand(1, 16, 12, 10)
+    x = start.bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    loss = W2StyleLoss(target)(x)[1]
+    grad = torch.autograd.grad(loss, x)[0]
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
+    exact = W2StyleLoss(target)(start.bfloat16().float())[1]
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-3)
+
+
+def test_the_style_loss_follows_the_setting():
+    objective = Objective({"c": torch.ones(1, 1, 2, 2)}, {"s": moments(torch.rand(1, 3, 4, 4))},
+                          1.0, 1.0, 0.0, style_loss="w2")
+    assert isinstance(objective.style["s"], W2StyleLoss)
+    assert isinstance(Objective({}, {"s": torch.eye(3)}, 1.0, 1.0, 0.0).style["s"], StyleLoss)
 
 
 def test_tv_loss_by_hand():
