@@ -12,7 +12,6 @@ output file that the manifest does not know is kept and its photo skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from nst_contract.errors import EngineError, bad_input
 from nst_contract.knobs import Settings
 
 from . import __version__
-from .files import atomic_path
+from .files import atomic_path, sha256_of
 from .images import OUTPUT_FORMATS
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
@@ -59,14 +58,6 @@ class Summary:
 
     def count(self, status: str) -> int:
         return sum(outcome.status == status for outcome in self.outcomes)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_photos(inputs: Iterable[Path], out_folder: Path, fmt: str | None) -> list[Photo]:

@@ -1,8 +1,10 @@
-"""Writing files so that a partial one never appears under the final name."""
+"""Writing files so that a partial one never appears under the final name; a file's
+sha256."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -50,3 +52,12 @@ def remove_temporaries() -> None:
     for tmp in list(_temporaries):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """A file's sha256, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -15,7 +15,6 @@ tensors are read or written.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING
 from nst_contract.errors import EngineError, bad_input
 from nst_contract.layers import FEATURE_SHAPES, LAYER_NAMES
 
-from .files import atomic_path
+from .files import atomic_path, sha256_of
 
 if TYPE_CHECKING:
     import torch
@@ -65,14 +64,6 @@ def data_dir() -> Path:
 
 def weights_path(family: str) -> Path:
     return data_dir() / f"vgg19-{family}.pth"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_tensor_file(path: Path) -> dict:

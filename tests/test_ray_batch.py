@@ -66,14 +66,20 @@ def test_the_cluster_paints_the_same_files_as_one_machine(cluster, painting, tmp
         "skipped") == 5
 
 
-def test_a_node_killed_mid_photo_costs_only_a_retry(cluster, painting, tmp_path):
+def a_slow_batch(cluster, painting, tmp_path):
+    """Eight photos of a second or two each on the cluster, its events to be read."""
     photos = make_photos(tmp_path / "shoot", 8)
     out = tmp_path / "out"
     process = cluster.popen(
         [sys.executable, "-m", "nst_engine", "batch", *map(str, photos), "--style",
-         str(painting), "-o", str(out), "--max-size", "64", "--iterations", "30",
+         str(painting), "-o", str(out), "--max-size", "64", "--iterations", "40",
          "--no-converge", "--device", "cpu", "--ray", cluster.address, "--progress", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return photos, out, process
+
+
+def test_a_node_killed_mid_photo_costs_only_a_retry(cluster, painting, tmp_path):
+    photos, out, process = a_slow_batch(cluster, painting, tmp_path)
     killed = None
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and process.poll() is None:
@@ -122,13 +128,7 @@ def test_without_ray_installed_the_option_says_how_to_get_it(painting, tmp_path)
 
 def test_ctrl_c_stops_the_clusters_work_and_keeps_what_was_painted(cluster, painting,
                                                                    tmp_path):
-    photos = make_photos(tmp_path / "shoot", 8)
-    out = tmp_path / "out"
-    process = cluster.popen(
-        [sys.executable, "-m", "nst_engine", "batch", *map(str, photos), "--style",
-         str(painting), "-o", str(out), "--max-size", "64", "--iterations", "40",
-         "--no-converge", "--device", "cpu", "--ray", cluster.address, "--progress", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    photos, out, process = a_slow_batch(cluster, painting, tmp_path)
     painted = []
     for line in process.stdout:
         event = json.loads(line)
