@@ -133,8 +133,12 @@ class Manifest:
         self.done[photo.output.name] = digest
         text = json.dumps({"format": MANIFEST_FORMAT, "engine_version": __version__,
                            "look": self.look, "done": self.done}, indent=1, sort_keys=True)
-        with atomic_path(self.path) as tmp:
-            Path(tmp).write_text(text + "\n", encoding="utf-8")
+        try:
+            with atomic_path(self.path) as tmp:
+                Path(tmp).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:  # a full disk: the batch cannot go on
+            raise bad_input(f"cannot write the batch manifest {self.path}: "
+                            f"{exc.strerror or exc}") from None
 
 
 def _difference(saved: dict, now: dict) -> str:

@@ -198,9 +198,13 @@ class _Pool:
                 control.check()
                 while self.idle and queue:
                     photo, digest, attempt = queue.popleft()
+                    try:
+                        body = photo.source.read_bytes()
+                    except OSError as exc:
+                        yield Outcome(photo, "failed", f"cannot read it: {exc.strerror}")
+                        continue
                     painter, node = self.idle.pop()
-                    ref = painter.paint.remote(photo.source.name, photo.source.read_bytes(),
-                                               photo.output.suffix)
+                    ref = painter.paint.remote(photo.source.name, body, photo.output.suffix)
                     self.busy[ref] = (painter, node, photo, digest, attempt, time.monotonic())
                 if not self.busy and not self.idle:  # every painter lost
                     alone_since = alone_since or time.monotonic()
@@ -239,8 +243,14 @@ class _Pool:
                         yield Outcome(photo, "failed", answer["message"],
                                       time.monotonic() - start, attempt)
                         continue
-                    with atomic_path(photo.output) as tmp:
-                        Path(tmp).write_bytes(answer["bytes"])
+                    try:
+                        with atomic_path(photo.output) as tmp:
+                            Path(tmp).write_bytes(answer["bytes"])
+                    except OSError as exc:
+                        yield Outcome(photo, "failed", f"cannot write {photo.output}: "
+                                      f"{exc.strerror or exc}", time.monotonic() - start,
+                                      attempt)
+                        continue
                     plan.manifest.record(photo, digest)
                     yield Outcome(photo, "done", seconds=time.monotonic() - start,
                                   attempts=attempt)
