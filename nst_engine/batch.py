@@ -32,6 +32,9 @@ def run_batch(inputs: list[Path], style_paths: list[Path], out_folder: Path,
     that cannot start, and ``cancelled`` (saying what was kept) when stopped."""
     started = time.monotonic()
     for path in style_paths:
+        if path.is_dir():  # --style takes every name after it, up to the next option
+            raise bad_input(f"--style {path} is a folder: name the photos before --style, "
+                            "or after an option that follows it")
         if not path.is_file():
             raise bad_input(f"style image not found: {path}")
     if out_folder.exists() and not out_folder.is_dir():

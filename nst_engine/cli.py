@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from nst_contract.errors import EXIT_CODES, EngineError, cancelled
+from nst_contract.errors import EXIT_CODES, EngineError, bad_input, cancelled
 from nst_contract.knobs import DEFAULTS, KNOBS, Settings
 from nst_contract.wire import Channel, Emitter, error_event
 
@@ -101,7 +101,7 @@ def _add_batch(sub) -> None:
         f"{EXIT_CODES['cancelled']} stopped (what was painted is kept), "
         f"{EXIT_CODES['bad_input']} the batch could not start",
     )
-    p.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO or FOLDER",
+    p.add_argument("inputs", type=Path, nargs="*", metavar="PHOTO or FOLDER",
                    help="photos (PNG, JPEG, TIFF or WebP), or folders of them")
     p.add_argument("--style", type=Path, nargs="+", required=True, dest="styles",
                    metavar="STYLE", help="one or more style images (paintings)")
@@ -205,6 +205,8 @@ def _stylize(args, control: Control, emit: Emitter) -> int:
 def _batch(args, control: Control, emit: Emitter) -> int:
     from .batch import run_batch  # no torch until a photo is painted here
 
+    if not args.inputs:  # argparse gave them all to --style, which takes every name after it
+        raise bad_input("no photos named: name the photos or folders before --style")
     values = {key: getattr(args, key) for key in KNOBS if getattr(args, key) is not None}
     # The weights chosen here, for every photo and every node of a cluster alike.
     values["weights"] = weights.chosen(values.get("weights"))

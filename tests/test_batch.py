@@ -183,7 +183,8 @@ def test_format_and_names(painting, tmp_path):
     assert results(tmp_path / "tif") == [".nst-batch.json", "photo00.tif", "photo01.tif"]
 
 
-@pytest.mark.parametrize("case", ["collision", "no photos", "missing", "no style"])
+@pytest.mark.parametrize("case", ["collision", "no photos", "missing", "no style",
+                                  "photos after --style"])
 def test_a_batch_that_cannot_start_says_why_and_writes_nothing(painting, tmp_path, case):
     photos = make_photos(tmp_path / "shoot", 1)
     style = painting
@@ -195,8 +196,16 @@ def test_a_batch_that_cannot_start_says_why_and_writes_nothing(painting, tmp_pat
         inputs, why = [tmp_path / "empty"], "no photos to paint"
     elif case == "missing":
         inputs, why = [tmp_path / "nope.jpg"], "not found: "
-    else:
+    elif case == "no style":
         inputs, style, why = photos, tmp_path / "nope.png", "style image not found"
+    else:  # --style takes every name after it: say so, not "not an image"
+        for inputs in ([], [photos[0]]):
+            done = batch(*inputs, "--style", style, tmp_path / "shoot", "-o",
+                         tmp_path / "out", *FAST)
+            assert done.returncode == EXIT_CODES["bad_input"]
+            assert "before --style" in done.stderr, done.stderr
+        assert not (tmp_path / "out").exists()
+        return
     done = batch(*inputs, "--style", style, "-o", tmp_path / "out", *FAST)
     assert done.returncode == EXIT_CODES["bad_input"]
     assert why in done.stderr and "Traceback" not in done.stderr
