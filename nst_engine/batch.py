@@ -37,6 +37,9 @@ def run_batch(inputs: list[Path], style_paths: list[Path], out_folder: Path,
                             "or after an option that follows it")
         if not path.is_file():
             raise bad_input(f"style image not found: {path}")
+    if settings.style_blend is not None and len(settings.style_blend) != len(style_paths):
+        raise bad_input(f"{len(settings.style_blend)} blend weights given for "
+                        f"{len(style_paths)} style images")
     if out_folder.exists() and not out_folder.is_dir():
         raise bad_input(f"output folder is a file: {out_folder}")
     photos = find_photos(inputs, out_folder, fmt)
@@ -108,9 +111,9 @@ def paint_here(plan: Plan, settings: Settings, style_paths: list[Path], emit: Em
                     _, picture = request_over(service, values, content, style_paths, tagged,
                                               control)
                 save_picture(picture, photo.output)
-        except Exception as exc:  # one photo's failure, whatever it is, ends only that photo
-            if control.cancel.is_set():
-                raise
+        except Exception as exc:  # one photo's failure ends only that photo …
+            if control.cancel.is_set() or getattr(exc, "kind", "") == "no_weights":
+                raise  # … but not the batch's own (no network: no photo can be painted)
             if os.environ.get("NST_DEBUG") and not isinstance(exc, EngineError):
                 raise
             yield Outcome(photo, "failed", failure(exc), time.monotonic() - start)

@@ -184,7 +184,7 @@ def test_format_and_names(painting, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["collision", "no photos", "missing", "no style",
-                                  "photos after --style"])
+                                  "photos after --style", "blend", "no weights"])
 def test_a_batch_that_cannot_start_says_why_and_writes_nothing(painting, tmp_path, case):
     photos = make_photos(tmp_path / "shoot", 1)
     style = painting
@@ -198,6 +198,14 @@ def test_a_batch_that_cannot_start_says_why_and_writes_nothing(painting, tmp_pat
         inputs, why = [tmp_path / "nope.jpg"], "not found: "
     elif case == "no style":
         inputs, style, why = photos, tmp_path / "nope.png", "style image not found"
+    elif case in ("blend", "no weights"):
+        extra = ["--style-blend", "1,2"] if case == "blend" else ["--weights", "original"]
+        done = batch(*photos, "--style", painting, "-o", tmp_path / "out", *FAST, *extra)
+        kind = "bad_input" if case == "blend" else "no_weights"
+        assert done.returncode == EXIT_CODES[kind], done.stderr  # the batch's, not a photo's
+        assert "Traceback" not in done.stderr and "failed:" not in done.stderr
+        assert list((tmp_path / "out").glob("photo*")) == []
+        return
     else:  # --style takes every name after it: say so, not "not an image"
         for inputs in ([], [photos[0]]):
             done = batch(*inputs, "--style", style, tmp_path / "shoot", "-o",
