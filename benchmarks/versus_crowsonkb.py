@@ -21,7 +21,8 @@ Judged with the real VGG19 in fp32 at the working size (``precision.Judge``):
 Wasserstein-2 distance between the features' means and covariances, result to
 painting, over the photo's own (its objective's family: 1 is the photo, 0 the
 painting's statistics); ``content``, ‖F(result) − F(photo)‖/‖F(photo)‖ at relu4_2;
-and the look: a sheet per pair (whole images, then a 100 % crop) in ``--out``.
+and the look: a sheet per pair (whole images at 100 %, then their middles ×2) in
+``--out``.
 Prints JSON lines and a table.
 """
 
@@ -141,16 +142,16 @@ def cut_to(probe: dict, target_s: float) -> tuple[int, int]:
     return max(1, round(THEIR_ITERATIONS * factor)), max(1, round(THEIR_INITIAL * factor))
 
 
-def sheet(images: dict[str, Path], out: Path, crop: int = 192) -> None:
-    """Whole images side by side, and below each a 100 % crop of its middle."""
+def sheet(images: dict[str, Path], out: Path) -> None:
+    """Whole images side by side (each at its working size, 100 %), and below each the
+    middle quarter of it enlarged ×2 (nearest neighbour: the strokes as they are)."""
     loaded = {name: Image.open(path).convert("RGB") for name, path in images.items()}
     width, height = next(iter(loaded.values())).size
-    box = ((width - crop) // 2, (height - crop) // 2, (width + crop) // 2, (height + crop) // 2)
-    zoom = width // crop
-    canvas = Image.new("RGB", (len(loaded) * width, height + crop * zoom), "white")
+    box = (width // 4, height // 4, width // 4 + width // 2, height // 4 + height // 2)
+    canvas = Image.new("RGB", (len(loaded) * width, 2 * height), "white")
     for index, image in enumerate(loaded.values()):
         canvas.paste(image, (index * width, 0))
-        canvas.paste(image.crop(box).resize((crop * zoom, crop * zoom), Image.NEAREST),
+        canvas.paste(image.crop(box).resize((width, height), Image.NEAREST),
                      (index * width, height))
     canvas.save(out, quality=88)
 
