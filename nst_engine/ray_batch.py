@@ -37,6 +37,7 @@ from .files import atomic_path
 
 ATTEMPTS = 3  # tries of one photo when the painters painting it die
 NO_PAINTER_WAIT_S = 120.0  # with every painter lost, how long a replacement may take
+REPLACEMENTS_PER_PAINTER = 2  # painters started for lost ones, at most, in one batch
 POLL_S = 0.25  # how often the driver looks at Ctrl-C while it waits for Ray
 
 Emit = Callable[[dict], None]
@@ -145,7 +146,6 @@ class _Pool:
         self.starting: dict = {}  # hello() ref -> (painter, node id or None)
         self.idle: list = []
         self.busy: dict = {}  # paint() ref -> (painter, node, photo, digest, attempt, start)
-        self.replacements_left = 0
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if gpus:
             for _ in range(gpus):
@@ -153,7 +153,7 @@ class _Pool:
         else:
             for node in self._alive_nodes():
                 self._start(node)
-        self.replacements_left = 2 * len(self.starting)
+        self.replacements_left = REPLACEMENTS_PER_PAINTER * len(self.starting)
         if not self.starting:
             raise bad_input("the Ray cluster has no GPU and no node with CPUs to paint on")
 
