@@ -104,9 +104,14 @@ def test_a_node_killed_mid_photo_costs_only_a_retry(cluster, painting, tmp_path)
     assert sorted(manifest["done"]) == [p.name for p in photos]
 
 
-def test_a_client_without_the_clusters_token_is_refused(cluster, painting, tmp_path):
+@pytest.mark.parametrize("token", ["another", "none"])
+def test_a_client_without_the_clusters_token_is_refused(cluster, painting, tmp_path, token):
     photos = make_photos(tmp_path / "shoot", 1)
-    env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 32}
+    if token == "another":
+        env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 32}
+    else:  # a client that sends no token at all (its HOME has no ~/.ray/auth_token)
+        env = {key: value for key, value in cluster.env.items()
+               if not key.startswith("RAY_AUTH")}
     done = ray_batch(cluster, *photos, "--style", painting, "-o", tmp_path / "out", *FAST,
                      env=env)
     assert done.returncode == EXIT_CODES["bad_input"], done.stderr
