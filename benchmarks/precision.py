@@ -67,8 +67,8 @@ class Judge:
         side = max(self.size) * self.engine.settings.style_scale / max(style.shape[-2:])
         style = resize(style, round(style.shape[-1] * side), round(style.shape[-2] * side))
         with torch.no_grad():
-            features = self.engine.network.features(style)
-        self.grams = {name: gram_matrix(features[name])
+            self.painting = self.engine.network.features(style)
+        self.grams = {name: gram_matrix(self.painting[name])
                       for name in self.engine.settings.style_layers}
 
     def features(self, image: torch.Tensor) -> dict:

@@ -73,20 +73,9 @@ class Judges(Judge):
     """precision.Judge's Gram and content distances, and the W2 distance."""
 
     def __init__(self, photo, painting, size: int) -> None:
-        super().__init__(photo, painting, size)
-        self.painting = self._painting_features(painting)
+        super().__init__(photo, painting, size)  # keeps the painting's features
         self.photo_w2 = {name: w2_distance(self.photo[name], self.painting[name])
                          for name in self.grams}
-
-    def _painting_features(self, painting) -> dict:
-        from nst_engine.enlarging import resize
-        from nst_engine.tensors import to_tensor
-
-        style = to_tensor(painting.rgb, self.engine.device)
-        side = max(self.size) * self.engine.settings.style_scale / max(style.shape[-2:])
-        style = resize(style, round(style.shape[-1] * side), round(style.shape[-2] * side))
-        with torch.no_grad():
-            return self.engine.network.features(style)
 
     def all(self, rgb) -> dict:
         from nst_engine.tensors import to_tensor
