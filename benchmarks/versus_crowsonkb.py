@@ -13,7 +13,9 @@ engines work at that size and return it. Runs, one after another on this machine
   only its VGG19 is ours) with its iterations per scale scaled down together, the
   factor worked out from a short probe run's per-scale step times;
 * with ``--theirs-defaults``, theirs as it comes (1000 + 4 × 500 Adam steps, 128 →
-  512 px in five scales): half an hour a pair on two cores.
+  512 px in five scales): 50 to 80 minutes a pair on two cores; with
+  ``--only-theirs-defaults`` that run alone, its sheet taking the other runs' images
+  from an earlier run's ``--out``.
 
 Judged with the real VGG19 in fp32 at the working size (``precision.Judge``):
 ``gram``, the mean over relu1_1 … relu5_1 of ‖G(result) − G(painting)‖/‖G(painting)‖
@@ -151,6 +153,7 @@ def main() -> None:
     parser.add_argument("pairs", nargs="+", metavar="PHOTO:PAINTING")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--theirs-defaults", action="store_true")
+    parser.add_argument("--only-theirs-defaults", action="store_true")
     parser.add_argument("--ours", action="append", default=[], metavar="NAME=ARGS")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "versus")
     args = parser.parse_args()
@@ -172,18 +175,28 @@ def main() -> None:
         outputs = {"photo": photo}
         for variant, extra in variants.items():
             outputs[variant] = args.out / f"{name}-{variant}.png"
+            if args.only_theirs_defaults:
+                row[variant] = {}
+                continue
             row[variant] = ours(photo, painting_path, outputs[variant], extra)
             print(json.dumps({"pair": name, variant: row[variant]}), flush=True)
-        probe = theirs(args.checkout, photo, painting_path, args.out / f"{name}-probe.png", 6, 6)
-        iterations, initial = cut_to(probe, row["ours"]["seconds"])
         outputs["theirs (same time)"] = args.out / f"{name}-theirs-cut.png"
-        row["theirs (same time)"] = theirs(args.checkout, photo, painting_path,
-                                           outputs["theirs (same time)"], iterations, initial)
-        if args.theirs_defaults:
+        if args.only_theirs_defaults:
+            row["theirs (same time)"] = {}
+        else:
+            probe = theirs(args.checkout, photo, painting_path, args.out / f"{name}-probe.png",
+                           6, 6)
+            iterations, initial = cut_to(probe, row["ours"]["seconds"])
+            row["theirs (same time)"] = theirs(args.checkout, photo, painting_path,
+                                               outputs["theirs (same time)"], iterations,
+                                               initial)
+        if args.theirs_defaults or args.only_theirs_defaults:
             outputs["theirs (defaults)"] = args.out / f"{name}-theirs-defaults.png"
             row["theirs (defaults)"] = theirs(args.checkout, photo, painting_path,
                                               outputs["theirs (defaults)"], THEIR_ITERATIONS,
                                               THEIR_INITIAL)
+        for key in [key for key, path in outputs.items() if not path.exists()]:
+            del outputs[key], row[key]  # --only-theirs-defaults: no earlier run of it
         for key, path in outputs.items():
             if key != "photo":
                 row[key].pop("trace", None)
