@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from versus_crowsonkb import Judges, sheet
+from versus_crowsonkb import Judges, scaled_photo, sheet
 
 from nst_contract import plan
 from nst_contract.plan import MIN_SCALE_SIDE, Scale
@@ -74,7 +74,7 @@ def root2_plan(default: list[Scale]) -> list[Scale]:
     top = default[-1]
     longest = max(top.width, top.height)
     sizes = []
-    while longest / 2 ** (len(sizes) / 2) >= MIN_SCALE_SIDE - 0.5:
+    while not sizes or longest / 2 ** (len(sizes) / 2) >= MIN_SCALE_SIDE - 0.5:
         factor = 2 ** (-len(sizes) / 2)
         sizes.append((round(top.width * factor), round(top.height * factor)))
     shares = [2 ** (-k / 2) for k in range(len(sizes))]
@@ -128,12 +128,7 @@ def main() -> None:
     for pair in args.pairs:
         photo_path, painting_path = map(Path, pair.split(":"))
         name = f"{photo_path.stem}-{painting_path.stem}"
-        scaled = args.out / f"{name}-photo.png"
-        with Image.open(photo_path) as image:
-            image = image.convert("RGB")
-            factor = args.size / max(image.size)
-            image.resize((round(image.width * factor), round(image.height * factor)),
-                         Image.LANCZOS).save(scaled)
+        scaled = scaled_photo(photo_path, args.size, args.out / f"{name}-photo.png")
         photo, painting = load_picture(scaled), load_picture(painting_path)
         judge = Judges(photo, painting, args.size)
         default_plan = engine.plan(*photo.size)

@@ -133,6 +133,17 @@ def cut_to(probe: dict, target_s: float) -> tuple[int, int]:
     return max(1, round(THEIR_ITERATIONS * factor)), max(1, round(THEIR_INITIAL * factor))
 
 
+def scaled_photo(photo: Path, size: int, out: Path) -> Path:
+    """``photo`` scaled to ``size`` on its long side (Lanczos) and saved as ``out``, so
+    that an engine works at that size and returns it."""
+    with Image.open(photo) as image:
+        image = image.convert("RGB")
+        factor = size / max(image.size)
+        image.resize((round(image.width * factor), round(image.height * factor)),
+                     Image.LANCZOS).save(out)
+    return out
+
+
 def sheet(images: dict[str, Path], out: Path) -> None:
     """Whole images side by side (each at its working size, 100 %), and below each the
     middle quarter of it enlarged ×2 (nearest neighbour: the strokes as they are)."""
@@ -164,12 +175,7 @@ def main() -> None:
     for pair in args.pairs:
         photo_path, painting_path = map(Path, pair.split(":"))
         name = f"{photo_path.stem}-{painting_path.stem}"
-        photo = args.out / f"{name}-photo.png"
-        with Image.open(photo_path) as image:
-            image = image.convert("RGB")
-            factor = args.size / max(image.size)
-            image.resize((round(image.width * factor), round(image.height * factor)),
-                         Image.LANCZOS).save(photo)
+        photo = scaled_photo(photo_path, args.size, args.out / f"{name}-photo.png")
         judge = Judges(load_picture(photo), load_picture(painting_path), args.size)
         row = {"pair": name, "photo": judge.all(load_picture(photo).rgb)}
         outputs = {"photo": photo}
