@@ -21,8 +21,8 @@ at its own size and the result needs no enlarging), in this process:
   image by repeating its edge instead of with zeros (the mean pixel), as crowsonkb
   does "to reduce edge artifacts";
 * **photo's colours**: the default run with its colours handled the other way the
-  engine offers, ``preserve_colors`` (the painting's luminance on the photo's
-  chroma); a finishing step of the same run, no run of its own.
+  engine offers, ``preserve_colors`` (the result's luma on the photo's chroma); a
+  finishing step of the same run, no run of its own.
 
 ``--runs`` picks some of the runs (default, root2, replicate; the averages and the
 photo's colours come with default). Writes each result and a sheet per pair to
