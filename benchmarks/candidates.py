@@ -36,15 +36,16 @@ import json
 import math
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
 from versus_crowsonkb import Judges, scaled_photo, sheet
 
 from nst_contract import plan
 from nst_contract.plan import MIN_SCALE_SIDE, Scale
-from nst_engine import Settings, StyleTransfer, load_picture
+from nst_engine import Settings, StyleTransfer, load_picture, save_picture
 from nst_engine.pictures import keep_colors
 from nst_engine.tensors import to_array
 
@@ -60,7 +61,7 @@ class Average:
 
     def update(self, image: torch.Tensor) -> None:
         image = image.detach().float()
-        self.value = image * 0 if self.value is None else self.value
+        self.value = torch.zeros_like(image) if self.value is None else self.value
         self.weight *= self.decay
         self.value.mul_(self.decay).add_(image, alpha=1 - self.decay)
 
@@ -108,10 +109,6 @@ def replicating(engine: StyleTransfer) -> StyleTransfer:
     return engine
 
 
-def save(rgb, path: Path) -> Path:
-    Image.fromarray((rgb.clip(0, 1) * 255 + 0.5).astype("uint8")).save(path)
-    return path
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -149,7 +146,8 @@ def main() -> None:
         outputs = {"photo": scaled}
         for key, rgb in images.items():
             slug = re.sub(r"[^a-z0-9.]+", "-", key.replace("√2", "root2"))
-            outputs[key] = save(rgb, args.out / f"{name}-{slug}.png")
+            outputs[key] = args.out / f"{name}-{slug}.png"
+            save_picture(replace(photo, rgb=np.ascontiguousarray(rgb)), outputs[key])
             source = runs[key] if key in runs else runs["default"]  # derived from it
             row[key] = {"seconds": source["seconds"] if key in runs else "–",
                         "steps": source["steps"], **judge.all(rgb)}
